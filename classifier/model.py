@@ -1,0 +1,197 @@
+"""The scoring classifier: a small CNN, its augmentation, and the figures it gives generated digits.
+
+Scores of a samples file: accuracy, per-class accuracy, mean confidence, and two diversity
+figures in the classifier's penultimate (128-d) feature space against the 10,000 test images:
+FID (Heusel et al., 2017) and the mean over classes of the per-class FID.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mnistgen.checkpoint import load_checkpoint, load_state
+from mnistgen.utils import MODELS_DIR, UserError
+
+KIND = "classifier"
+DEFAULT_PATH = MODELS_DIR / "classifier.pt"
+
+
+def conv_block(c_in, c_out):
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class MnistClassifier(nn.Module):
+    def __init__(self, width=32, feature_dim=128):
+        super().__init__()
+        self.config = dict(width=width, feature_dim=feature_dim)
+        w = width
+        self.body = nn.Sequential(
+            conv_block(1, w), conv_block(w, w), nn.MaxPool2d(2),            # 28 -> 14
+            conv_block(w, 2 * w), conv_block(2 * w, 2 * w), nn.MaxPool2d(2),  # 14 -> 7
+            conv_block(2 * w, 4 * w), nn.MaxPool2d(2),                       # 7 -> 3
+            nn.Flatten(),
+            nn.Linear(4 * w * 9, feature_dim, bias=False), nn.BatchNorm1d(feature_dim), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(feature_dim, 10))
+
+    def features(self, x):
+        """Penultimate features (B, feature_dim) of images (B, 1, 28, 28) in [0, 1]."""
+        return self.body((x - 0.1307) / 0.3081)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def augment(x, generator=None):
+    """Random small affine warps (rotation +-12 deg, scale 0.9-1.1, shift +-2.5 px), batched."""
+    b = x.shape[0]
+    rand = lambda: torch.rand(b, generator=generator) * 2 - 1
+    angle = rand() * math.radians(12)
+    scale = 1 + 0.1 * rand()
+    shift = torch.stack([rand(), rand()], 1) * (2.5 / 14)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x)
+    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+
+
+def load_classifier(path=DEFAULT_PATH, device="cpu"):
+    ckpt = load_checkpoint(path, KIND, names=("classifier.pt",))
+    model = MnistClassifier(**ckpt["config"])
+    load_state(model, ckpt["model"], path)
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def predict(model, images, batch_size=1000):
+    """(softmax probabilities (N, 10), features (N, d)) for images (N, 1, 28, 28)."""
+    device = next(model.parameters()).device
+    probs, feats = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device).float()
+        f = model.features(x)
+        probs.append(F.softmax(model.head(f), 1).cpu())
+        feats.append(f.cpu())
+    return torch.cat(probs), torch.cat(feats)
+
+
+def gaussian_stats(features):
+    f = features.double().numpy()
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(stats_a, stats_b):
+    """||mu_a - mu_b||^2 + tr(Sa + Sb - 2 (Sa Sb)^(1/2)), with the trace of the square root taken
+    as the sum of sqrt-eigenvalues of Sa^(1/2) Sb Sa^(1/2) (symmetric, so eigh is stable)."""
+    (mu_a, cov_a), (mu_b, cov_b) = stats_a, stats_b
+    vals, vecs = np.linalg.eigh(cov_a)
+    sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+    middle = sqrt_a @ cov_b @ sqrt_a
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
+
+
+def check_samples(samples, name="samples"):
+    """Validate a samples dict of the assignment's format; return (imgs float (N,1,28,28), labels int64 (N,))."""
+    if not isinstance(samples, dict) or "imgs" not in samples or "labels" not in samples:
+        raise UserError(f"{name} must be a dict with 'imgs' and 'labels'")
+    imgs, labels = samples["imgs"], samples["labels"]
+    if not torch.is_tensor(imgs) or not torch.is_tensor(labels):
+        raise UserError(f"{name}: 'imgs' and 'labels' must be tensors")
+    if imgs.dim() != 4 or tuple(imgs.shape[1:]) != (1, 28, 28):
+        raise UserError(f"{name}: 'imgs' must have shape (N, 1, 28, 28), got {tuple(imgs.shape)}")
+    if not torch.is_floating_point(imgs):
+        raise UserError(f"{name}: 'imgs' must be floating point, got {imgs.dtype}")
+    if labels.shape != (imgs.shape[0],) or torch.is_floating_point(labels) or labels.dtype == torch.bool:
+        raise UserError(f"{name}: 'labels' must be integers of shape ({imgs.shape[0]},), "
+                        f"got {labels.dtype} {tuple(labels.shape)}")
+    if len(imgs) == 0:
+        raise UserError(f"{name} holds no images")
+    if not torch.isfinite(imgs).all():
+        raise UserError(f"{name}: 'imgs' contains NaN or infinite values")
+    if imgs.min() < 0 or imgs.max() > 1:
+        raise UserError(f"{name}: 'imgs' must be in [0, 1], got [{imgs.min():.3g}, {imgs.max():.3g}]")
+    if labels.min() < 0 or labels.max() > 9:
+        raise UserError(f"{name}: 'labels' must be digits 0-9")
+    return imgs.float(), labels.long()
+
+
+class Scorer:
+    """Scores sets of digit images against reference statistics of the 10,000 test images."""
+
+    def __init__(self, model, test_images, test_labels):
+        self.model = model
+        _, feats = predict(model, test_images)
+        self.ref_all = gaussian_stats(feats)
+        self.ref_class = {c: gaussian_stats(feats[test_labels == c]) for c in range(10)}
+
+    def score(self, imgs, labels):
+        probs, feats = predict(self.model, imgs)
+        pred = probs.argmax(1)
+        correct = (pred == labels).float()
+        per_class = {c: correct[labels == c].mean().item() for c in range(10) if (labels == c).any()}
+        class_fids = {c: frechet_distance(gaussian_stats(feats[labels == c]), self.ref_class[c])
+                      for c in range(10) if (labels == c).sum() > 1}
+        return dict(
+            accuracy=correct.mean().item(),
+            per_class_accuracy=per_class,
+            confidence=probs.max(1).values.mean().item(),
+            fid=frechet_distance(gaussian_stats(feats), self.ref_all),
+            class_fid=float(np.mean(list(class_fids.values()))) if class_fids else float("nan"),
+            per_class_fid=class_fids,
+        )
+
+
+def collapsed_reference(test_images, test_labels, per_class=10, repeats=100, seed=0):
+    """What a mode-collapsed generator gives: `per_class` distinct test images per class, each repeated."""
+    g = torch.Generator().manual_seed(seed)
+    imgs, labels = [], []
+    for c in range(10):
+        idx = torch.nonzero(test_labels == c).squeeze(1)
+        pick = idx[torch.randperm(len(idx), generator=g)[:per_class]]
+        imgs.append(test_images[pick].repeat_interleave(repeats, 0))
+        labels.append(torch.full((per_class * repeats,), c))
+    return torch.cat(imgs), torch.cat(labels)
+
+
+def format_score(score):
+    per_class = " ".join(f"{c}:{100 * a:.1f}" for c, a in score["per_class_accuracy"].items())
+    return (f"accuracy {100 * score['accuracy']:.2f}%  confidence {score['confidence']:.4f}  "
+            f"FID {score['fid']:.3f}  per-class FID {score['class_fid']:.3f}\n"
+            f"  per-class accuracy (%): {per_class}")
+
+
+_SCORERS = {}
+
+
+def get_scorer(device="cpu", data_root=None, path=DEFAULT_PATH):
+    """The project's Scorer (shipped classifier + test-set statistics), built once per process.
+    Raises a one-line UserError when the classifier checkpoint is missing."""
+    key = (str(device), str(data_root), str(path))
+    if key not in _SCORERS:
+        from mnistgen.data import load_mnist
+        model = load_classifier(path, device)
+        test_images, test_labels = load_mnist(train=False, data_root=data_root)
+        _SCORERS[key] = Scorer(model, test_images, test_labels)
+    return _SCORERS[key]
+
+
+_REFERENCES = {}
+
+
+def reference_scores(scorer, data_root=None, seed=0):
+    """Scores of two references: 10,000 real training images (the floor a perfect generator
+    reaches) and a mode-collapsed set (10 test images per class, each repeated 100 times)."""
+    if id(scorer) not in _REFERENCES:
+        from mnistgen.data import load_mnist
+        train_images, train_labels = load_mnist(train=True, data_root=data_root)
+        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:10000]
+        test_images, test_labels = load_mnist(train=False, data_root=data_root)
+        _REFERENCES[id(scorer)] = dict(
+            real=scorer.score(train_images[pick], train_labels[pick]),
+            collapsed=scorer.score(*collapsed_reference(test_images, test_labels, seed=seed)),
+        )
+    return _REFERENCES[id(scorer)]

@@ -1,0 +1,148 @@
+"""Small helpers every script uses: errors, devices, seeding, argument checks, images, logs."""
+import argparse
+import csv
+import functools
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+
+
+class UserError(Exception):
+    """A problem with the user's input (paths, flags, files): reported in one line, exit code 2."""
+
+
+def run_cli(main):
+    """Run `main()`, turning a UserError into a one-line message and exit code 2 (no traceback)."""
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+    return wrapper
+
+
+def pick_device(name="auto"):
+    """'auto' picks CUDA, then Apple MPS, then CPU; any other name is used as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for, but Apple MPS is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def add_common_args(parser):
+    """The flags every script shares."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where to run: auto picks CUDA, then MPS, then CPU (default: auto)")
+    parser.add_argument("--data_root", default=None,
+                        help="folder holding MNIST/raw/ (default: $MNIST_ROOT, then data/ at the repository root; "
+                             "downloaded there when missing)")
+    return parser
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def nonnegative_float(text):
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = nonnegative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def probability(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1], got {text}")
+    return value
+
+
+def save_image_grid(images, path, nrow=10):
+    """Write images (N, 1, 28, 28) in [0, 1] as one PNG grid, `nrow` images per row."""
+    from torchvision.utils import save_image
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow, padding=2, pad_value=1.0)
+    return path
+
+
+class CsvLog:
+    """Append one row per call to a CSV file (header written once); `rows` re-reads it for plots."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row):
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def rows(self):
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def plot_curves(rows, x_key, panels, path, title=None):
+    """One PNG with a panel per entry of `panels` ({panel title: [column, ...]}), x = `x_key`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    xs = [float(r[x_key]) for r in rows]
+    for ax, (name, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            ys = [float(r[key]) if r.get(key) not in (None, "") else float("nan") for r in rows]
+            ax.plot(xs, ys, label=key)
+        ax.set_title(name)
+        ax.set_xlabel(x_key)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
