@@ -14,7 +14,6 @@ learning-rate decay at the end, and batch-norm running statistics recomputed for
 import argparse
 import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -124,10 +123,15 @@ def _bce(p, target):
     return -(target * p.clamp_min(1e-12).log() + (1 - target) * (1 - p).clamp_min(1e-12).log()).mean()
 
 
-def d_loss_fn(d_real, d_fake, real_target=1.0):
-    """Discriminator loss -[t log D(x) + log(1 - D(G(z)))]; real_target < 1 is one-sided label smoothing
-    (Salimans et al., 2016, sec. 3.4)."""
-    return _bce(d_real, real_target) + _bce(d_fake, 0.0)
+def d_loss_fn(d_real, d_fake, real_target=1.0, d_wrong=None, mismatch=0.0):
+    """Discriminator loss -[t log D(x, y) + log(1 - D(G(z, y), y))]; real_target < 1 is one-sided label
+    smoothing (Salimans et al., 2016, sec. 3.4). With d_wrong = D(x, y') for real images paired with wrong
+    labels, `mismatch` * -log(1 - D(x, y')) teaches D to reject image/label mismatches (the matching-aware
+    discriminator of Reed et al., 2016, sec. 4.1), which pushes G towards images of the asked class."""
+    loss = _bce(d_real, real_target) + _bce(d_fake, 0.0)
+    if d_wrong is not None and mismatch > 0:
+        loss = loss + mismatch * _bce(d_wrong, 0.0)
+    return loss
 
 
 def g_loss_fn(d_fake):
@@ -144,12 +148,13 @@ class GanTrainer:
     """Both nets, their Adam optimisers (the starter's betas (0.5, 0.999)) and the EMA generator."""
 
     def __init__(self, generator, discriminator, device, lr=2e-4, betas=(0.5, 0.999), ema_decay=0.999,
-                 label_smoothing=0.0, d_steps=1):
+                 label_smoothing=0.0, d_steps=1, mismatch=0.0):
         self.g, self.d, self.device = generator.to(device), discriminator.to(device), device
         self.g_opt = torch.optim.Adam(self.g.parameters(), lr=lr, betas=betas)
         self.d_opt = torch.optim.Adam(self.d.parameters(), lr=lr, betas=betas)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.ema_decay, self.label_smoothing, self.d_steps = ema_decay, label_smoothing, d_steps
+        self.mismatch = mismatch
         self.step = 0
 
     def set_lr(self, lr):
@@ -171,7 +176,11 @@ class GanTrainer:
         for k in range(self.d_steps):
             fake_k = fake.detach() if k == 0 else self.fake(labels).detach()
             d_real, d_fake = self.d(real, y), self.d(fake_k, y)  # separate batches: D's BN sees pure batches
-            d_loss = d_loss_fn(d_real, d_fake, 1.0 - self.label_smoothing)
+            d_wrong = None
+            if self.mismatch > 0:  # real images with a label shifted by 1..9: always wrong
+                wrong = (labels + torch.randint_like(labels, 1, self.d.label_dim)) % self.d.label_dim
+                d_wrong = self.d(real, one_hot(wrong, self.d.label_dim))
+            d_loss = d_loss_fn(d_real, d_fake, 1.0 - self.label_smoothing, d_wrong, self.mismatch)
             self.d_opt.zero_grad(set_to_none=True)
             d_loss.backward()
             self.d_opt.step()
@@ -305,7 +314,8 @@ def train(args, device):
     logdir.mkdir(parents=True, exist_ok=True)
     g, d = Generator(LATENT_DIM, LABEL_DIM, IMG_DIM), Discriminator(LABEL_DIM, IMG_DIM)
     config = config_of(g)
-    trainer = GanTrainer(g, d, device, args.lr, (0.5, 0.999), args.ema_decay, args.label_smoothing, args.d_steps)
+    trainer = GanTrainer(g, d, device, args.lr, (0.5, 0.999), args.ema_decay, args.label_smoothing, args.d_steps,
+                         args.mismatch)
     log, last_path, start_epoch, best = CsvLog(logdir / "log.csv"), logdir / "last.pt", 0, None
     if args.resume:
         ckpt = load_checkpoint(last_path, KIND)
@@ -436,14 +446,16 @@ def build_parser():
     p.add_argument("--dataset", choices=["mnist"], default="mnist", help="dataset (only mnist; default: mnist)")
     p.add_argument("--lr", type=positive_float, default=2e-4, help="Adam learning rate of both nets, betas (0.5, 0.999) (default: 2e-4)")
     p.add_argument("--batch_size", type=positive_int, default=128, help="mini-batch size (default: 128)")
-    p.add_argument("--num_epochs", type=positive_int, default=30, help="training epochs (default: 30)")
-    p.add_argument("--lr_decay_epochs", type=int, default=10,
-                   help="linear learning-rate decay towards 0 over this many final epochs; 0: constant (default: 10)")
+    p.add_argument("--num_epochs", type=positive_int, default=41, help="training epochs (default: 41)")
+    p.add_argument("--lr_decay_epochs", type=int, default=13,
+                   help="linear learning-rate decay towards 0 over this many final epochs; 0: constant (default: 13)")
     p.add_argument("--ema_decay", type=probability, default=0.999,
                    help="EMA decay of the generator weights that are evaluated and shipped; 0: no EMA (default: 0.999)")
     p.add_argument("--label_smoothing", type=probability, default=0.1,
                    help="one-sided label smoothing: D's target for real images is 1 - this (default: 0.1)")
     p.add_argument("--d_steps", type=positive_int, default=1, help="discriminator updates per generator update (default: 1)")
+    p.add_argument("--mismatch", type=nonnegative_float, default=0.0,
+                   help="weight of the matching-aware D term: real images with wrong labels count as fake (default: 0)")
     p.add_argument("--eval_samples", type=positive_int, default=1000,
                    help="samples scored by the classifier after each epoch, a multiple of 10 (default: 1000)")
     p.add_argument("--min_accuracy", type=probability, default=0.99,
@@ -465,6 +477,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.lr_decay_epochs < 0 or args.lr_decay_epochs > args.num_epochs:
         raise UserError(f"--lr_decay_epochs must be between 0 and --num_epochs ({args.num_epochs})")
+    if args.limit is not None and args.limit < args.batch_size:
+        raise UserError(f"--limit ({args.limit}) must be at least --batch_size ({args.batch_size})")
     if args.eval_samples % 10:
         raise UserError("--eval_samples must be a multiple of 10")
     device = pick_device(args.device)
