@@ -44,7 +44,7 @@ def build_parser():
     p = add_common_args(argparse.ArgumentParser(description=__doc__,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default: 64)")
-    p.add_argument("--epochs", type=positive_int, default=12, help="training epochs (default: 12)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate, warmed up over 200 steps then cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU (same as --device cpu)")
@@ -70,6 +70,9 @@ def build_parser():
     p.add_argument("--figures-dir", default=str(FIGURES_DIR),
                    help="where the final samples/curves figures go (default: figures/)")
     p.add_argument("--resume", action="store_true", help="continue from --log-dir/last.pt")
+    p.add_argument("--max-minutes", type=positive_float, default=None,
+                   help="stop training after this many minutes (the epoch in progress ends early, the "
+                        "learning rate is annealed by then as well); default: no limit")
     p.add_argument("--bn-images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; "
                         "the final checkpoint uses the whole training set)")
@@ -91,14 +94,16 @@ def model_config(args):
                 channel=list(args.channel), bn_momentum=0.1)
 
 
-def lr_at(step, total_steps, base_lr, warmup=200):
+def lr_at(step, total_steps, base_lr, warmup=200, time_progress=0.0):
+    """Linear warm-up, then cosine decay to 0 at the last step (or at --max-minutes, if sooner)."""
     if step < warmup:
         return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total_steps - warmup), time_progress))
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_epoch(model, optimizer, images, args, epoch, step, total_steps, device):
+def train_epoch(model, optimizer, images, args, epoch, step, total_steps, device, clock):
+    """One pass over `images`; clock() -> fraction of --max-minutes used (the epoch stops at 1)."""
     model.train()
     gen = torch.Generator().manual_seed(args.seed * 1000 + epoch)   # shuffling and noise: resumable
     n_batches = len(images) // args.batch_size
@@ -108,8 +113,11 @@ def train_epoch(model, optimizer, images, args, epoch, step, total_steps, device
     for imgs, _ in bar:
         x, log_scale = preprocess(imgs, gen)
         x, log_scale = x.to(device), log_scale.to(device)
+        used = clock()
+        if used >= 1.0:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, total_steps, args.lr)
+            group["lr"] = lr_at(step, total_steps, args.lr, time_progress=used)
         loss = -model.log_probs(x).mean()
         if not torch.isfinite(loss):
             skipped += 1
@@ -195,9 +203,18 @@ def train(args, device):
     print(f"{config['arch']} flow, {n_params / 1e6:.2f}M parameters, {len(train_images)} training images")
     total_steps = args.epochs * (len(train_images) // args.batch_size)
     noise = torch.randn(100, 784, generator=torch.Generator().manual_seed(args.seed))
+    run_start, run_elapsed = time.time(), elapsed
+    limit = args.max_minutes * 60 if args.max_minutes else None
+
+    def clock():   # fraction of --max-minutes used, counting resumed time
+        return 0.0 if limit is None else (run_elapsed + time.time() - run_start) / limit
+
     for epoch in range(start_epoch, args.epochs):
+        if clock() >= 1.0:
+            print(f"--max-minutes {args.max_minutes} reached before epoch {epoch + 1}")
+            break
         t0 = time.time()
-        train_bpd, step = train_epoch(model, optimizer, train_images, args, epoch, step, total_steps, device)
+        train_bpd, step = train_epoch(model, optimizer, train_images, args, epoch, step, total_steps, device, clock)
         train_time = time.time() - t0
         recompute_batchnorm(model, train_images[: args.bn_images],
                             generator=torch.Generator().manual_seed(EVAL_SEED))

@@ -12,7 +12,7 @@ from realnvp import (KIND, BatchNormFlow, ConvCouplingLayer, CouplingLayer, Shuf
 from realnvp.realnvp import channel_mask, checkerboard, logit_logdet
 
 TINY_CONV = dict(arch="conv", hidden=[4, 6, 8], res_blocks=1, checker=[2, 2, 2], channel=[2, 2], bn_momentum=0.1)
-FAST_CONV = dict(arch="conv", hidden=[4, 4, 4], res_blocks=1, checker=[1, 1, 1], channel=[1, 1], bn_momentum=0.1)
+FAST_MLP = dict(arch="mlp", num_hidden=8, num_blocks=2, bn_momentum=0.1)   # for the 1000-step inpainting
 TINY_MLP = dict(arch="mlp", num_hidden=16, num_blocks=4, bn_momentum=0.1)
 SHIPPED = MODELS_DIR / "realnvp.pt"
 
@@ -183,10 +183,10 @@ def test_recompute_batchnorm_gives_data_statistics():
 
 def tiny_model(tmp_path):
     torch.manual_seed(0)
-    model = build_flow(FAST_CONV)   # the inpainting method always runs 1000 steps: the fewest layers
+    model = build_flow(FAST_MLP)   # the inpainting method always runs 1000 steps: the fewest layers
     recompute_batchnorm(model, load_mnist(train=True)[0][:200], batch_size=200)
     path = tmp_path / "realnvp.pt"
-    save_checkpoint(path, KIND, FAST_CONV, model=model.state_dict())
+    save_checkpoint(path, KIND, FAST_MLP, model=model.state_dict())
     return path
 
 
@@ -224,7 +224,7 @@ def test_scripts_smoke(tmp_path, capsys, monkeypatch):
     bpd = train.main(["--eval", "--load_path", str(tmp_path / "m"), "--limit", "100", "--device", "cpu"])
     assert math.isfinite(bpd)
     monkeypatch.chdir(tmp_path)
-    res = inpainting.main(["--load_path", str(tmp_path / "m" / "realnvp.pt"), "--num_images", "3",
+    res = inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--num_images", "3",
                            "--split", "test", "--baseline", "--device", "cpu", "--json", str(tmp_path / "r.json")])
     for name in ["img_sample.png", "img_raw.png", "img_masked.png", "img_001.png", "img_991.png"]:
         assert (tmp_path / "inpainting_images" / name).is_file()
