@@ -24,7 +24,7 @@ CHECKPOINT_NAMES = ("ebm.pt", "ebm_train.pt")  # looked for when a folder is giv
 
 # Langevin settings of `Trainer.inpainting` (chosen on held-out training images, see ebm/README.md);
 # a checkpoint's config['inpaint'] overrides them.
-INPAINT_DEFAULTS = dict(steps=60, step_size=10.0, noise_std=0.005, chains=1, grad_clip=0.01, fidelity=0.0)
+INPAINT_DEFAULTS = dict(steps=30, step_size=10.0, noise_std=0.0, chains=1, grad_clip=0.01, fidelity=0.0)
 
 
 def row_corruption(images, noise_std=0.3, generator=None):

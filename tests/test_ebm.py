@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import ebm.main as ebm_main
-from ebm import MlpBackbone, Trainer, TrainingDiverged
+from ebm import INPAINT_DEFAULTS, MlpBackbone, Trainer, TrainingDiverged
 from mnistgen.checkpoint import save_checkpoint
 from mnistgen.data import load_mnist
 from mnistgen.utils import MODELS_DIR
@@ -169,6 +169,12 @@ def test_smoke_train_resume_play_export(tmp_path, capsys):
     ebm_main.main(["--load_dir", str(tmp_path / "ebm.pt"), "--export", str(tmp_path / "exp.pt"),
                    "--inpaint_chains", "3", "--device", "cpu"])
     assert Trainer.from_checkpoint(tmp_path / "exp.pt").inpaint_config["chains"] == 3
+    best = ebm_main.main(["--tune", "--load_dir", str(tmp_path / "exp.pt"), "--num_images", "8", "--val_images", "50",
+                          "--tune_keys", "chains", "--device", "cpu"])
+    assert set(best) == set(INPAINT_DEFAULTS) and "best on 8 held-out" in capsys.readouterr().out
+    imgs = ebm_main.main(["--samples", "12", "--sample_steps", "3", "--load_dir", str(tmp_path / "exp.pt"),
+                          "--figure", str(tmp_path / "samples.png"), "--device", "cpu"])
+    assert imgs.shape == (12, 1, 28, 28) and (tmp_path / "samples.png").is_file()
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty_folder", "other_model", "truncated"])
