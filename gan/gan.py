@@ -454,8 +454,8 @@ def build_parser():
     p.add_argument("--label_smoothing", type=probability, default=0.1,
                    help="one-sided label smoothing: D's target for real images is 1 - this (default: 0.1)")
     p.add_argument("--d_steps", type=positive_int, default=1, help="discriminator updates per generator update (default: 1)")
-    p.add_argument("--mismatch", type=nonnegative_float, default=0.0,
-                   help="weight of the matching-aware D term: real images with wrong labels count as fake (default: 0)")
+    p.add_argument("--mismatch", type=nonnegative_float, default=1.0,
+                   help="weight of the matching-aware D term: real images with wrong labels count as fake (default: 1)")
     p.add_argument("--eval_samples", type=positive_int, default=1000,
                    help="samples scored by the classifier after each epoch, a multiple of 10 (default: 1000)")
     p.add_argument("--min_accuracy", type=probability, default=0.99,
