@@ -70,6 +70,13 @@ def positive_int(text):
     return value
 
 
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
 def nonnegative_float(text):
     value = float(text)
     if not value >= 0 or value == float("inf"):

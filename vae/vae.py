@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
-from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float,
+from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, nonnegative_int,
                             pick_device, plot_curves, positive_float, positive_int, probability, run_cli,
                             save_image_grid, seed_everything)
 
@@ -349,13 +349,6 @@ def report(device, data_root=None):
         ("VAE per-class FID", f"{score['class_fid']:.2f} (floor {floor:.2f}, collapsed {collapsed:.2f})",
          f"< collapsed; aim <= 4x floor ({4 * floor:.2f})"),
     ]
-
-
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
 
 
 def parse_args(argv=None):
