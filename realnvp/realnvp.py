@@ -38,9 +38,9 @@ LO, HI = 0.0001, 0.9999
 
 # The shipped architecture (chosen by measurement, see realnvp/README.md).
 DEFAULT_CONFIG = dict(arch="conv", hidden=(8, 24, 48), res_blocks=1, checker=(1, 2, 3), channel=(2, 2),
-                      bn_momentum=0.1)
+                      bn_momentum=0.1, logit_noise=0.0)
 # The skeleton's MLP flow (42M parameters at 1024 hidden units).
-MLP_CONFIG = dict(arch="mlp", num_hidden=1024, num_blocks=8, bn_momentum=0.1)
+MLP_CONFIG = dict(arch="mlp", num_hidden=1024, num_blocks=8, bn_momentum=0.1, logit_noise=0.0)
 
 
 def _zeros_logdet(inputs):

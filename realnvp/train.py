@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
-from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, pick_device,
+from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, pick_device,
                             plot_curves, positive_float, positive_int, run_cli, save_image_grid,
                             seed_everything)
 from realnvp import DEFAULT_CONFIG, KIND, build_flow, evaluate_bpd, load_flow, preprocess, recompute_batchnorm
@@ -60,6 +60,9 @@ def build_parser():
                    help="conv: residual blocks (two 3x3 convolutions each) per coupling net (default: %(default)s)")
     p.add_argument("--num-blocks", type=positive_int, default=8, help="mlp: coupling blocks (default: 8)")
     p.add_argument("--num-hidden", type=positive_int, default=1024, help="mlp: hidden units (default: 1024)")
+    p.add_argument("--logit-noise", type=nonnegative_float, default=DEFAULT_CONFIG["logit_noise"],
+                   help="std of Gaussian noise added to the training logits; the flow then models a smoothed "
+                        "density whose gradient ascent (inpainting) converges (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--model-dir", default=str(MODELS_DIR),
                    help="folder of the best checkpoint realnvp.pt (default: models/ of the repository)")
@@ -87,11 +90,12 @@ def build_parser():
 
 def model_config(args):
     if args.arch == "mlp":
-        return dict(arch="mlp", num_hidden=args.num_hidden, num_blocks=args.num_blocks, bn_momentum=0.1)
+        return dict(arch="mlp", num_hidden=args.num_hidden, num_blocks=args.num_blocks, bn_momentum=0.1,
+                    logit_noise=args.logit_noise)
     if len(args.hidden) != 3 or len(args.checker) != 3 or len(args.channel) != 2:
         raise UserError("--hidden and --checker take three values (28x28, 14x14, 7x7), --channel two (14x14, 7x7)")
     return dict(arch="conv", hidden=list(args.hidden), res_blocks=args.res_blocks, checker=list(args.checker),
-                channel=list(args.channel), bn_momentum=0.1)
+                channel=list(args.channel), bn_momentum=0.1, logit_noise=args.logit_noise)
 
 
 def lr_at(step, total_steps, base_lr, warmup=200, time_progress=0.0):
@@ -118,7 +122,10 @@ def train_epoch(model, optimizer, images, args, epoch, step, total_steps, device
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, args.lr, time_progress=used)
-        loss = -model.log_probs(x).mean()
+        logits = model._pre_process(x)
+        if args.logit_noise:   # train on logits + N(0, sigma^2): a smoother density (see README, inpainting)
+            logits = logits + args.logit_noise * torch.randn(logits.shape, generator=gen).to(device)
+        loss = -model.log_probs(logits, pre_process=False).mean()
         if not torch.isfinite(loss):
             skipped += 1
             if skipped > 20:

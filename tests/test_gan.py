@@ -1,5 +1,6 @@
 """Conditional GAN: fixed architectures, sampling range, a training step, the CLI (train, resume,
 --eval output format, bad input) and the quality of the shipped checkpoint."""
+import functools
 import subprocess
 import sys
 
@@ -43,6 +44,25 @@ def test_sample_range_and_no_grad():
     x = g.sample(torch.randn(20, 100), torch.eye(10).repeat(2, 1))
     assert x.shape == (20, 1, 28, 28) and not x.requires_grad
     assert x.min() >= 0 and x.max() <= 1 and x.max() > 0.99
+
+
+def test_truncation_scales_z_and_travels_with_the_checkpoint(tmp_path):
+    g, d = nets()
+    g.eval()
+    z, label = torch.randn(8, 100), torch.eye(10)[:8]
+    g.truncation = 0.5
+    half = g.sample(z, label)
+    g.truncation = 1.0
+    assert torch.allclose(half, g.sample(0.5 * z, label), atol=1e-6)
+    g.truncation = 0.0  # no z at all: one image per class
+    x = g.sample(torch.randn(4, 100), torch.eye(10)[[3, 3, 3, 3]])
+    assert torch.allclose(x[0], x[1:], atol=1e-6)
+    g.truncation = 0.7
+    path = tmp_path / "gan.pt"
+    from gan.gan import config_of
+    save_checkpoint(path, "gan", config_of(g), g=g.state_dict(), d=d.state_dict())
+    assert load_gan(path)[0].truncation == 0.7
+    assert set(torch.load(path, weights_only=True)["g"]) == set(nets()[0].state_dict())  # no extra keys
 
 
 def test_generate_samples_format():
@@ -157,6 +177,7 @@ def test_shipped_checkpoint_format():
     starter_d.load_state_dict(d.state_dict())
 
 
+@functools.lru_cache(maxsize=1)
 def _shipped_accuracy():
     from classifier.model import get_scorer
     g, _, _ = load_gan(DEFAULT_PATH)
@@ -166,19 +187,13 @@ def _shipped_accuracy():
 
 
 @shipped
-def test_shipped_generator_is_recognisable():
-    score = _shipped_accuracy()  # regression guard at the level the shipped model reaches (97.6% on 10,000)
-    assert score["accuracy"] >= 0.96, score["per_class_accuracy"]
-    assert score["class_fid"] < 3.6 * 1.5  # 100 per class inflates FID; the collapsed reference is 3.6 at 1,000
-
-
-@shipped
-@pytest.mark.xfail(reason="issue target (>= 99% accuracy) not reached: the shipped model scores 97.6%", strict=False)
 def test_shipped_generator_meets_the_issue_target():
-    assert _shipped_accuracy()["accuracy"] >= 0.99
+    score = _shipped_accuracy()  # 1,000 samples through the graders' generate_samples
+    assert score["accuracy"] >= 0.99, score["per_class_accuracy"]
+    assert score["class_fid"] < 3.6 * 1.5  # 100 per class inflates FID; the collapsed reference is 3.6 at 1,000
 
 
 @shipped
 def test_report_rows():
     rows = report("cpu")
-    assert len(rows) == 3 and all(len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
+    assert len(rows) == 4 and all(len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
