@@ -3,13 +3,15 @@
 Every module maps a flat batch (B, 784) to (B, 784) and its `forward(inputs, mode)` returns
 `(outputs, logdet)` with logdet of shape (B, 1): 'direct' is x -> z, 'inverse' is z -> x.
 
-Two architectures share these modules (`build_flow(config)` builds either):
+Three architectures share these modules (`build_flow(config)` builds each):
 - "mlp": the skeleton's flow: blocks of CouplingLayer (MLP scale/translate nets on alternating
   even/odd and first/second-half masks), BatchNormFlow, Shuffle.
 - "conv": a small multi-scale RealNVP (paper, Sec. 3.6). The flat vector keeps an "active
   prefix" of shape (C, H, W): checkerboard couplings on it, a squeeze (a fixed permutation,
   (C, H, W) -> (4C, H/2, W/2)), channel couplings, then half of the channels are factored out
   (they stay in the tail of the vector untouched and go straight to the prior).
+- "split" (shipped): the skeleton's half-mask CouplingLayer makes p(bottom half | top half) a
+  Gaussian in logit space, and a "conv" flow models the top half (see `_split_modules`).
 
 Masks, permutations and the prior's parameters are registered buffers, so a model loaded from a
 state_dict samples and inpaints at once. Data: pixels dequantized and rescaled to
@@ -29,18 +31,26 @@ from torch.distributions.normal import Normal
 __all__ = ["BatchNormFlow", "Shuffle", "CouplingLayer", "ConvCouplingLayer", "FlowSequential",
            "build_flow", "preprocess", "bits_per_dim", "evaluate_bpd", "recompute_batchnorm", "load_flow",
            "masked_inputs", "inpaint_mse", "nearest_neighbour", "run_inpainting",
-           "KIND", "CHECKPOINT_NAMES", "NUM_INPUTS", "DEFAULT_CONFIG", "MLP_CONFIG"]
+           "KIND", "CHECKPOINT_NAMES", "NUM_INPUTS", "CONFIGS", "DEFAULT_CONFIG", "CONV_CONFIG", "MLP_CONFIG",
+           "SPLIT_CONFIG"]
 
 KIND = "realnvp"
 CHECKPOINT_NAMES = ("realnvp.pt", "checkpoint_best.pt", "best.pt")
 NUM_INPUTS = 28 * 28
 LO, HI = 0.0001, 0.9999
 
-# The shipped architecture (chosen by measurement, see realnvp/README.md).
-DEFAULT_CONFIG = dict(arch="conv", hidden=(8, 24, 48), res_blocks=1, checker=(1, 2, 3), channel=(2, 2),
-                      bn_momentum=0.1, logit_noise=0.0)
+# The three architectures' settings; `python realnvp/train.py --arch A` starts from CONFIGS[A].
+# Whole-image multi-scale conv flow (the first shipped model: good bits/dim, poor inpainting).
+CONV_CONFIG = dict(arch="conv", hidden=(8, 24, 48), res_blocks=1, checker=(1, 2, 3), channel=(2, 2),
+                   bn_momentum=0.1)
 # The skeleton's MLP flow (42M parameters at 1024 hidden units).
-MLP_CONFIG = dict(arch="mlp", num_hidden=1024, num_blocks=8, bn_momentum=0.1, logit_noise=0.0)
+MLP_CONFIG = dict(arch="mlp", num_hidden=1024, num_blocks=8, bn_momentum=0.1)
+# Conv flow on the top half x Gaussian p(bottom | top) (see _split_modules): the shipped architecture,
+# chosen by measurement (realnvp/README.md).
+SPLIT_CONFIG = dict(arch="split", num_hidden=512, hidden=(16, 48), res_blocks=1, checker=(2, 3), channel=(2,),
+                    bn_momentum=0.1)
+CONFIGS = {"split": SPLIT_CONFIG, "conv": CONV_CONFIG, "mlp": MLP_CONFIG}
+DEFAULT_CONFIG = SPLIT_CONFIG
 
 
 def _zeros_logdet(inputs):
@@ -304,26 +314,45 @@ def channel_mask(shape, parity):
     return mask if parity == 0 else 1 - mask
 
 
-def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS):
-    """Multi-scale flow on 28x28 -> 14x14 -> 7x7. At resolution i: checker[i] checkerboard couplings
-    (nets of hidden[i] channels); then (i < 2) squeeze and channel[i] channel couplings at the next
-    resolution (hidden[i + 1] channels) and factor out half of the channels."""
-    modules, shape = [], (1, 28, 28)
+def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS, shape=(1, 28, 28)):
+    """Multi-scale flow on the active prefix `shape` (28x28 -> 14x14 -> 7x7 for the whole image).
+    At level i: checker[i] checkerboard couplings (nets of hidden[i] channels); then, except at the
+    last level (len(checker) levels), a squeeze and channel[i] channel couplings at the next
+    resolution (hidden[i + 1] channels), and half of the channels factored out."""
+    modules = []
 
     def add(mask_fn, count, width):
         for k in range(count):
             modules.append(ConvCouplingLayer(num_inputs, shape, mask_fn(shape, k % 2), width, res_blocks))
             modules.append(BatchNormFlow(num_inputs, bn_momentum))
 
-    for level in range(3):
+    levels = len(checker)
+    for level in range(levels):
         add(checkerboard, checker[level], hidden[level])
-        if level == 2:
+        if level == levels - 1:
             break
         modules.append(Shuffle(num_inputs, _squeeze_perm(shape, num_inputs)))
         shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)
         add(channel_mask, channel[level], hidden[level + 1])
         shape = (shape[0] // 2, shape[1], shape[2])   # factor out: the second half of the channels
     return modules
+
+
+def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS):
+    """log p(x) = log p(bottom | top) + log p(top), built for the inpainting protocol.
+
+    First (data side) the skeleton's CouplingLayer with the first/second-half mask: the bottom half's
+    logits become u = x_bottom * exp(s(top)) + t(top), which then only meets elementwise affine
+    batch norms on its way to the N(0, I) prior: p(bottom | top) is a Gaussian whose mean the MLP
+    nets predict from the top half. The top half (the 14x28 active prefix) gets a multi-scale
+    convolutional flow. With the top fixed, log p is a concave quadratic in the bottom logits, so the
+    skeleton's gradient ascent converges to the predicted conditional mean instead of a spurious mode.
+    """
+    top = torch.zeros(num_inputs)
+    top[: num_inputs // 2] = 1
+    modules = [CouplingLayer(num_inputs, num_hidden, top), BatchNormFlow(num_inputs, bn_momentum)]
+    return modules + _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs,
+                                   shape=(1, 14, 28))
 
 
 def _mlp_modules(num_hidden, num_blocks, bn_momentum, num_inputs=NUM_INPUTS):
@@ -347,13 +376,20 @@ def build_flow(config, device="cpu"):
     if arch == "conv":
         modules = _conv_modules(tuple(config["hidden"]), int(config["res_blocks"]), tuple(config["checker"]),
                                 tuple(config["channel"]), float(config["bn_momentum"]))
-    elif arch == "mlp":
-        modules = _mlp_modules(int(config["num_hidden"]), int(config["num_blocks"]), float(config["bn_momentum"]))
+    elif arch in ("mlp", "split"):
+        if arch == "mlp":
+            modules = _mlp_modules(int(config["num_hidden"]), int(config["num_blocks"]), float(config["bn_momentum"]))
+        else:
+            modules = _split_modules(int(config["num_hidden"]), tuple(config["hidden"]), int(config["res_blocks"]),
+                                     tuple(config["checker"]), tuple(config["channel"]), float(config["bn_momentum"]))
         for module in modules:
             for layer in module.modules():
-                if isinstance(layer, nn.Linear):   # the skeleton's initialisation
+                if isinstance(layer, nn.Linear):   # the skeleton's initialisation (MLP couplings only)
                     nn.init.orthogonal_(layer.weight)
                     nn.init.zeros_(layer.bias)
+        if arch == "split":   # the bottom-half coupling starts as the identity (zero last layers)
+            for net in (modules[0].scale_net, modules[0].translate_net):
+                nn.init.zeros_(net[-1].weight)
     else:
         raise ValueError(f"unknown architecture {arch!r}")
     return FlowSequential(device, *modules)

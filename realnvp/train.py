@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
-from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, pick_device,
+from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, pick_device,
                             plot_curves, positive_float, positive_int, run_cli, save_image_grid,
                             seed_everything)
-from realnvp import DEFAULT_CONFIG, KIND, build_flow, evaluate_bpd, load_flow, preprocess, recompute_batchnorm
+from realnvp import (CONFIGS, CONV_CONFIG, DEFAULT_CONFIG, KIND, MLP_CONFIG, SPLIT_CONFIG, build_flow, evaluate_bpd,
+                     load_flow, preprocess, recompute_batchnorm)
 
 LOG_DIR = REPO_ROOT / "runs" / "realnvp"
 FIGURES_DIR = REPO_ROOT / "figures"
@@ -48,21 +49,25 @@ def build_parser():
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="Adam learning rate, warmed up over 200 steps then cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--no-cuda", action="store_true", help="train on the CPU (same as --device cpu)")
-    p.add_argument("--arch", default=DEFAULT_CONFIG["arch"], choices=["conv", "mlp"],
-                   help="conv: multi-scale convolutional RealNVP; mlp: the skeleton's MLP flow (default: conv)")
-    p.add_argument("--hidden", type=int_list, default=DEFAULT_CONFIG["hidden"],
-                   help="conv: channels of the coupling nets at 28x28, 14x14, 7x7 (default: %(default)s)")
-    p.add_argument("--checker", type=int_list, default=DEFAULT_CONFIG["checker"],
-                   help="conv: checkerboard couplings at 28x28, 14x14, 7x7 (0 allowed; default: %(default)s)")
-    p.add_argument("--channel", type=int_list, default=DEFAULT_CONFIG["channel"],
-                   help="conv: channel couplings after the squeezes to 14x14 and 7x7 (default: %(default)s)")
-    p.add_argument("--res-blocks", type=int, choices=range(0, 5), default=DEFAULT_CONFIG["res_blocks"],
-                   help="conv: residual blocks (two 3x3 convolutions each) per coupling net (default: %(default)s)")
+    p.add_argument("--arch", default=DEFAULT_CONFIG["arch"], choices=list(CONFIGS),
+                   help="split: conv flow on the top half x a Gaussian p(bottom | top) predicted by the skeleton's "
+                        "MLP coupling; conv: multi-scale convolutional RealNVP on the whole image; mlp: the "
+                        "skeleton's MLP flow (default: %(default)s)")
+    p.add_argument("--hidden", type=int_list, default=None,
+                   help="conv/split: channels of the coupling nets per level (conv: 28x28, 14x14, 7x7 = "
+                        f"{_csv(CONV_CONFIG['hidden'])}; split: 14x28, 7x14 = {_csv(SPLIT_CONFIG['hidden'])})")
+    p.add_argument("--checker", type=int_list, default=None,
+                   help="conv/split: checkerboard couplings per level, 0 allowed (conv: "
+                        f"{_csv(CONV_CONFIG['checker'])}; split: {_csv(SPLIT_CONFIG['checker'])})")
+    p.add_argument("--channel", type=int_list, default=None,
+                   help="conv/split: channel couplings after each squeeze (conv: "
+                        f"{_csv(CONV_CONFIG['channel'])}; split: {_csv(SPLIT_CONFIG['channel'])})")
+    p.add_argument("--res-blocks", type=int, choices=range(0, 5), default=None,
+                   help="conv/split: residual blocks (two 3x3 convolutions each) per coupling net (default: 1)")
     p.add_argument("--num-blocks", type=positive_int, default=8, help="mlp: coupling blocks (default: 8)")
-    p.add_argument("--num-hidden", type=positive_int, default=1024, help="mlp: hidden units (default: 1024)")
-    p.add_argument("--logit-noise", type=nonnegative_float, default=DEFAULT_CONFIG["logit_noise"],
-                   help="std of Gaussian noise added to the training logits; the flow then models a smoothed "
-                        "density whose gradient ascent (inpainting) converges (default: %(default)s)")
+    p.add_argument("--num-hidden", type=positive_int, default=None,
+                   help=f"mlp: hidden units (default: {MLP_CONFIG['num_hidden']}); split: hidden units of the "
+                        f"bottom-half coupling (default: {SPLIT_CONFIG['num_hidden']})")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
     p.add_argument("--model-dir", default=str(MODELS_DIR),
                    help="folder of the best checkpoint realnvp.pt (default: models/ of the repository)")
@@ -88,14 +93,29 @@ def build_parser():
     return p
 
 
+def _csv(values):
+    return ",".join(str(v) for v in values)
+
+
 def model_config(args):
+    """The architecture's defaults, overridden by the flags given."""
+    config = dict(CONFIGS[args.arch])
     if args.arch == "mlp":
-        return dict(arch="mlp", num_hidden=args.num_hidden, num_blocks=args.num_blocks, bn_momentum=0.1,
-                    logit_noise=args.logit_noise)
-    if len(args.hidden) != 3 or len(args.checker) != 3 or len(args.channel) != 2:
-        raise UserError("--hidden and --checker take three values (28x28, 14x14, 7x7), --channel two (14x14, 7x7)")
-    return dict(arch="conv", hidden=list(args.hidden), res_blocks=args.res_blocks, checker=list(args.checker),
-                channel=list(args.channel), bn_momentum=0.1, logit_noise=args.logit_noise)
+        config.update(num_blocks=args.num_blocks)
+    for key in ("hidden", "checker", "channel", "res_blocks", "num_hidden"):
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key not in config:
+            raise UserError(f"--{key.replace('_', '-')} does not apply to --arch {args.arch}")
+        config[key] = value
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+    if args.arch != "mlp":
+        levels = 3 if args.arch == "conv" else 2
+        if len(config["hidden"]) != levels or len(config["checker"]) != levels or len(config["channel"]) != levels - 1:
+            raise UserError(f"--arch {args.arch}: --hidden and --checker take {levels} values (one per resolution), "
+                            f"--channel {levels - 1}")
+    return config
 
 
 def lr_at(step, total_steps, base_lr, warmup=200, time_progress=0.0):
@@ -122,10 +142,7 @@ def train_epoch(model, optimizer, images, args, epoch, step, total_steps, device
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, args.lr, time_progress=used)
-        logits = model._pre_process(x)
-        if args.logit_noise:   # train on logits + N(0, sigma^2): a smoother density (see README, inpainting)
-            logits = logits + args.logit_noise * torch.randn(logits.shape, generator=gen).to(device)
-        loss = -model.log_probs(logits, pre_process=False).mean()
+        loss = -model.log_probs(x).mean()
         if not torch.isfinite(loss):
             skipped += 1
             if skipped > 20:

@@ -14,6 +14,7 @@ from realnvp.realnvp import channel_mask, checkerboard, logit_logdet
 TINY_CONV = dict(arch="conv", hidden=[4, 6, 8], res_blocks=1, checker=[2, 2, 2], channel=[2, 2], bn_momentum=0.1)
 FAST_MLP = dict(arch="mlp", num_hidden=8, num_blocks=2, bn_momentum=0.1)   # for the 1000-step inpainting
 TINY_MLP = dict(arch="mlp", num_hidden=16, num_blocks=4, bn_momentum=0.1)
+TINY_SPLIT = dict(arch="split", num_hidden=16, hidden=[4, 6], res_blocks=1, checker=[2, 2], channel=[2], bn_momentum=0.1)
 SHIPPED = MODELS_DIR / "realnvp.pt"
 
 
@@ -24,6 +25,9 @@ def perturb(model, std=0.05):
         if isinstance(m, ConvCouplingLayer):
             torch.nn.init.normal_(m.net.conv_out.weight, std=std)
             torch.nn.init.normal_(m.net.conv_out.bias, std=std)
+        if isinstance(m, CouplingLayer):   # the split flow's coupling starts as the identity
+            for net in (m.scale_net, m.translate_net):
+                torch.nn.init.normal_(net[-1].weight, std=std)
         if isinstance(m, BatchNormFlow):
             torch.nn.init.normal_(m.log_gamma, std=0.1)
             torch.nn.init.normal_(m.beta, std=0.1)
@@ -72,7 +76,7 @@ def test_each_layer_inverts(make):
     check_inverse(layer, x, train=True)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP], ids=["conv", "mlp"])
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT], ids=["conv", "mlp", "split"])
 def test_whole_flow_inverts_and_logdets_cancel(config):
     torch.manual_seed(0)
     model = perturb(build_flow(config)).eval()
@@ -108,9 +112,10 @@ def test_layer_logdet_matches_jacobian(make):
     assert ld.item() == pytest.approx(brute_force_logdet(lambda v: layer(v[None])[0][0], x).item(), abs=1e-6)
 
 
-def test_flow_logdet_matches_jacobian():
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT], ids=["conv", "split"])
+def test_flow_logdet_matches_jacobian(config):
     torch.manual_seed(3)
-    model = perturb(build_flow(TINY_CONV)).double().eval()
+    model = perturb(build_flow(config)).double().eval()
     x = pixels(1).double()[0]
     _, ld = model(x[None])   # includes every layer, not the logit step
     expected = brute_force_logdet(lambda v: model(v[None], pre_process=False)[0][0], model._pre_process(x))
@@ -118,6 +123,25 @@ def test_flow_logdet_matches_jacobian():
     # log-det of the logit step
     jac = brute_force_logdet(lambda v: model._pre_process(v), x)
     assert logit_logdet(x[None]).item() == pytest.approx(jac.item(), abs=1e-6)
+
+
+def test_split_flow_inpainting_converges_to_its_conditional_mean(tmp_path):
+    """With the top half fixed, the split flow's log p is a concave quadratic in the bottom logits, maximal
+    where the bottom's latent is 0: the skeleton's gradient ascent must end there, from the protocol's start."""
+    model = perturb(build_flow(TINY_SPLIT)).eval()
+    for m in model.modules():   # unit scale on the bottom half, like trained batch norms (curvature ~1, so
+        if isinstance(m, BatchNormFlow):   # the skeleton's fixed step 0.2 is stable)
+            m.running_var[392:] = 1.0
+            m.log_gamma.data[392:] = 0.0
+    raw, corrupted, mask = masked_inputs(pixels(4), seed=0)
+    with torch.no_grad():
+        z, _ = model(raw)
+        z[:, 392:] = 0   # the bottom half's latent (factored out unchanged by the top-half flow)
+        mode = torch.sigmoid(model.sample(noise=z))
+    recovered = model.inpainting(4, corrupted.clone(), mask, str(tmp_path)).reshape(4, -1).detach()
+    assert torch.allclose(recovered[:, :392], torch.sigmoid(torch.logit(corrupted[:, :392])), atol=1e-6)
+    assert torch.allclose(recovered[:, 392:], mode[:, 392:], atol=1e-3)
+    assert (recovered[:, 392:] - corrupted[:, 392:]).abs().mean() > 0.1   # it did move
 
 
 def test_masks_and_permutations_are_buffers():
@@ -213,7 +237,7 @@ def test_nearest_neighbour_never_copies_itself():
 
 def test_scripts_smoke(tmp_path, capsys, monkeypatch):
     from realnvp import inpainting, train
-    flags = ["--limit", "200", "--batch-size", "50", "--epochs", "1", "--hidden", "4,4,4", "--checker", "1,1,1", "--channel", "1,1",
+    flags = ["--limit", "200", "--batch-size", "50", "--epochs", "1", "--hidden", "4,4", "--checker", "1,1", "--channel", "1", "--num-hidden", "16",
              "--bn-images", "100", "--model-dir", str(tmp_path / "m"), "--log-dir", str(tmp_path / "log"),
              "--img-save-dir", str(tmp_path / "img"), "--figures-dir", str(tmp_path / "fig"), "--device", "cpu"]
     result = train.main(flags)
@@ -245,11 +269,14 @@ def test_bad_load_path_errors(tmp_path, capsys, bad):
         assert len(lines) == 1 and lines[0].startswith("error:")
 
 
-def test_bad_flags_exit_2():
+@pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "conv", "--num-hidden", "8"],
+                                   ["--arch", "mlp", "--checker", "1,1"]])
+def test_bad_flags_exit_2(flags, capsys):
     from realnvp import train
     with pytest.raises(SystemExit) as err:
-        train.main(["--hidden", "4,x"])
+        train.main(flags + ["--limit", "100"])
     assert err.value.code == 2
+    assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="models/realnvp.pt not shipped yet")
@@ -262,6 +289,17 @@ def test_shipped_checkpoint():
     assert samples.shape == (4, 784) and torch.isfinite(samples).all()
     bpd = evaluate_bpd(model, load_mnist(train=False)[0][:500])
     assert bpd < 1.85 and abs(bpd - ckpt.get("test_bpd", bpd)) < 0.1
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="models/realnvp.pt not shipped yet")
+def test_shipped_checkpoint_inpaints_better_than_nearest_neighbour(tmp_path):
+    """The issue's target on a quick sample: the graders' protocol on the first 20 test images."""
+    from realnvp import inpaint_mse, run_inpainting
+    model, _ = load_flow(SHIPPED)
+    raw, corrupted, mask = masked_inputs(load_mnist(train=False)[0][:20], seed=0)
+    recovered = run_inpainting(model, corrupted, mask, str(tmp_path))
+    baseline = nearest_neighbour(raw, load_mnist(train=True)[0])
+    assert inpaint_mse(recovered, raw)["masked"] < inpaint_mse(baseline, raw)["masked"]
 
 
 def test_missing_checkpoint_is_user_error(tmp_path):
