@@ -1,6 +1,7 @@
 """RealNVP flow (Problem 2): `from realnvp import FlowSequential, build_flow`."""
 from .realnvp import (CHECKPOINT_NAMES, CONFIGS, CONV_CONFIG, DEFAULT_CONFIG, KIND, MLP_CONFIG, NUM_INPUTS,
-                      SPLIT_CONFIG, BatchNormFlow, ConvCouplingLayer, CouplingLayer, FlowSequential, Shuffle, bits_per_dim, build_flow,
+                      SPLIT_CONFIG, BatchNormFlow, ConvCouplingLayer, CouplingLayer, FlowSequential, Shuffle,
+                      bits_per_dim, build_flow,
                       evaluate_bpd, inpaint_mse, load_flow, masked_inputs, nearest_neighbour, preprocess,
                       recompute_batchnorm, run_inpainting)
 

@@ -369,6 +369,16 @@ def _mlp_modules(num_hidden, num_blocks, bn_momentum, num_inputs=NUM_INPUTS):
     return modules
 
 
+def _skeleton_init(modules):
+    """The skeleton's initialisation of the MLP couplings: orthogonal weights, zero biases."""
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.orthogonal_(layer.weight)
+                nn.init.zeros_(layer.bias)
+    return modules
+
+
 def build_flow(config, device="cpu"):
     """A FlowSequential from a config dict (stored in every checkpoint)."""
     config = dict(config)
@@ -376,20 +386,15 @@ def build_flow(config, device="cpu"):
     if arch == "conv":
         modules = _conv_modules(tuple(config["hidden"]), int(config["res_blocks"]), tuple(config["checker"]),
                                 tuple(config["channel"]), float(config["bn_momentum"]))
-    elif arch in ("mlp", "split"):
-        if arch == "mlp":
-            modules = _mlp_modules(int(config["num_hidden"]), int(config["num_blocks"]), float(config["bn_momentum"]))
-        else:
-            modules = _split_modules(int(config["num_hidden"]), tuple(config["hidden"]), int(config["res_blocks"]),
-                                     tuple(config["checker"]), tuple(config["channel"]), float(config["bn_momentum"]))
-        for module in modules:
-            for layer in module.modules():
-                if isinstance(layer, nn.Linear):   # the skeleton's initialisation (MLP couplings only)
-                    nn.init.orthogonal_(layer.weight)
-                    nn.init.zeros_(layer.bias)
-        if arch == "split":   # the bottom-half coupling starts as the identity (zero last layers)
-            for net in (modules[0].scale_net, modules[0].translate_net):
-                nn.init.zeros_(net[-1].weight)
+    elif arch == "mlp":
+        modules = _skeleton_init(_mlp_modules(int(config["num_hidden"]), int(config["num_blocks"]),
+                                              float(config["bn_momentum"])))
+    elif arch == "split":
+        modules = _skeleton_init(_split_modules(int(config["num_hidden"]), tuple(config["hidden"]),
+                                                int(config["res_blocks"]), tuple(config["checker"]),
+                                                tuple(config["channel"]), float(config["bn_momentum"])))
+        for net in (modules[0].scale_net, modules[0].translate_net):
+            nn.init.zeros_(net[-1].weight)   # the bottom-half coupling starts as the identity
     else:
         raise ValueError(f"unknown architecture {arch!r}")
     return FlowSequential(device, *modules)

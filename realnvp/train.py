@@ -111,7 +111,7 @@ def model_config(args):
         config[key] = value
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     if args.arch != "mlp":
-        levels = 3 if args.arch == "conv" else 2
+        levels = len(CONFIGS[args.arch]["checker"])   # resolutions: conv 3, split 2
         if len(config["hidden"]) != levels or len(config["checker"]) != levels or len(config["channel"]) != levels - 1:
             raise UserError(f"--arch {args.arch}: --hidden and --checker take {levels} values (one per resolution), "
                             f"--channel {levels - 1}")
