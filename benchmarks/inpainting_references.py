@@ -10,8 +10,13 @@ that error, which is why the nearest-neighbour baseline is hard to beat by gradi
     python benchmarks/inpainting_references.py [--split test --num_images 1000]
 """
 import argparse
+import sys
+from pathlib import Path
 
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
 from mnistgen.utils import add_common_args, positive_int, run_cli

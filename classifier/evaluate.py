@@ -8,7 +8,11 @@ for two references: 10,000 real training images and a mode-collapsed set.
 import argparse
 from pathlib import Path
 
+import sys
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.model import DEFAULT_PATH, check_samples, format_score, get_scorer, reference_scores
 from mnistgen.utils import UserError, add_common_args, pick_device, run_cli

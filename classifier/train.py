@@ -3,11 +3,16 @@
 `python classifier/train.py --test [--load_path P]` prints the test accuracy of a checkpoint.
 """
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.model import DEFAULT_PATH, KIND, MnistClassifier, augment, load_classifier, predict
 from mnistgen.checkpoint import half_state, save_checkpoint

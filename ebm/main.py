@@ -6,11 +6,15 @@ Samples:    python ebm/main.py --samples 1000 --load_dir models/ebm.pt
 """
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm import INPAINT_DEFAULTS, MlpBackbone, Trainer, TrainingDiverged, row_corruption
 from mnistgen.data import load_mnist

@@ -24,6 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from mnistgen.checkpoint import CheckpointError, half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float,
                             pick_device, plot_curves, positive_float, positive_int, probability, run_cli,

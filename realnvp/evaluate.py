@@ -8,10 +8,15 @@ protocol runs (100 training images, 1,000 test images) take minutes; their figur
 """
 import argparse
 import json
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
 from mnistgen.utils import MODELS_DIR, REPO_ROOT, add_common_args, pick_device, run_cli

@@ -14,7 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
+import sys
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
 from mnistgen.utils import MODELS_DIR, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid

@@ -17,6 +17,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
 from mnistgen.utils import (MODELS_DIR, REPO_ROOT, CsvLog, UserError, add_common_args, pick_device,

@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -141,3 +142,19 @@ def test_classifier_test_mode_rejects_wrong_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "vae.pt", "vae", {}, model={})
     out = run_script("classifier/train.py", "--test", "--load_path", str(tmp_path / "vae.pt"))
     assert out.returncode == 2 and "holds a vae checkpoint" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- scripts without installing the project
+ENTRY_SCRIPTS = ["ebm/main.py", "realnvp/train.py", "realnvp/inpainting.py", "realnvp/evaluate.py", "vae/vae.py",
+                 "vae/figures.py", "gan/gan.py", "classifier/train.py", "classifier/evaluate.py",
+                 "benchmarks/inpainting_references.py"]
+
+
+def test_entry_scripts_run_without_the_editable_install():
+    """`python ebm/main.py ...` from a plain clone: `-S` skips site-packages' .pth files (the editable
+    install), PYTHONPATH still provides torch and friends; every script must import and print --help."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+    for script in ENTRY_SCRIPTS:
+        done = subprocess.run([sys.executable, "-S", script, "--help"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"{script}: {done.stderr[-300:]}"

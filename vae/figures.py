@@ -11,7 +11,11 @@ shrinking the latent inside `sample`).
 import argparse
 from pathlib import Path
 
+import sys
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
 from mnistgen.utils import (REPO_ROOT, CsvLog, add_common_args, pick_device, plot_curves, run_cli, save_image_grid,

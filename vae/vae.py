@@ -12,6 +12,7 @@ sharper decoder means than a fixed sigma = 1 or a Bernoulli (BCE) decoder.
 """
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
