@@ -167,7 +167,7 @@ class Trainer:
         self.x_pos = batch_x = batch_x.to(self.device)
         n_task = int(round(self.inpaint_neg_p * batch_x.shape[0]))
         self.x_neg_init = x_neg_init = self.init_negative(batch_x.shape[0] - n_task)
-        x_neg = self.langevin_dynamic(x_neg_init)
+        x_neg = uncond = self.langevin_dynamic(x_neg_init)
         if n_task:
             corrupted, mask = row_corruption(batch_x[:n_task])
             task = self._langevin(corrupted, self.langevin_k, self.langevin_lr, self.langevin_noise_std,
@@ -187,7 +187,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             raise TrainingDiverged(f"parameter gradient is not finite (loss={stats['loss']:.4g})")
         self.optimizer.step()
-        self.replay_buffer.extend(x_neg.cpu().unbind(0))  # each (1, 28, 28)
+        # Only the unconditional chains are continued later: task negatives start next to the data, and in
+        # the buffer their descendants would crowd out the chains that learn to turn noise into digits.
+        self.replay_buffer.extend(uncond.cpu().unbind(0))  # each (1, 28, 28)
         return stats
 
     def weights_finite(self):
@@ -202,8 +204,8 @@ class Trainer:
         change. Each of `chains` chains starts at the corrupted image and runs `steps` Langevin steps
         (step size `step_size`, noise `noise_std`, pixel gradient clipped to `grad_clip`, plus a pull
         `fidelity * (corrupted - x)` towards the observation) on the masked pixels; the chains' average
-        (an estimate of the posterior mean, which minimises the expected squared error) is returned. Unmasked pixels are returned bit for bit unchanged and
-        the result lies in [0, 1]. Settings default to `self.inpaint_config`; keywords override them.
+        (an estimate of the posterior mean, which minimises the expected squared error) is returned.
+        Unmasked pixels are returned bit for bit unchanged and the result lies in [0, 1]. Settings default to `self.inpaint_config`; keywords override them.
         """
         cfg = {**self.inpaint_config, **{k: v for k, v in overrides.items() if v is not None}}
         unknown = set(cfg) - set(INPAINT_DEFAULTS)

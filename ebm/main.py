@@ -8,6 +8,7 @@ import argparse
 import math
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -26,6 +27,10 @@ FIGURES_DIR = REPO_ROOT / "figures"
 DEFAULT_LOGDIR = REPO_ROOT / "runs" / "ebm"
 NOISE_STD = 0.3  # corruption of the even rows (assignment protocol)
 MAX_ROLLBACKS = 3
+# Sampler collapse: the negatives stop looking like data (the buffer fills with noise) and the energy gap
+# E(x-) - E(x+), a few 1e-3 while sampling works, climbs to 0.1-0.3 within a few hundred steps and never comes
+# back. The gap is averaged over this many steps; checkpoints are only written while it is below half the limit.
+GAP_WINDOW = 100
 # Langevin steps of an unconditional sample from noise: training negatives live in the replay buffer for
 # ~1/(1 - replay_p) = 20 iterations of K = 20 steps, so chains of this order are what the model was shaped by.
 SAMPLE_STEPS = 1000
@@ -82,6 +87,9 @@ def build_parser():
                    help="last N training images held out for validation/tuning (default: 2000)")
     p.add_argument("--eval_every", type=positive_int, default=500,
                    help="steps between validation inpainting checks on 500 held-out images (default: 500)")
+    p.add_argument("--collapse_gap", type=positive_float, default=0.03,
+                   help=f"sampler-collapse guard: when E(x-) - E(x+) averaged over {GAP_WINDOW} steps exceeds this, "
+                        "roll back to the last checkpoint at half the learning rate (default: 0.03)")
     p.add_argument("--figures_dir", default=str(FIGURES_DIR),
                    help="training: where ebm_curves.png, ebm_val.png and ebm_negatives.png go (default: figures)")
     p.add_argument("--save_path", default=str(MODELS_DIR / "ebm.pt"),
@@ -240,11 +248,23 @@ def draw_samples(trainer, n, steps, seed=42):
     return torch.cat([trainer.sample(min(500, n - s), steps=steps, generator=gen).cpu() for s in range(0, n, 500)])
 
 
-def classifier_confidence(images, device):
-    """(mean max-softmax confidence, predicted-class counts) of the project's classifier."""
-    from classifier.model import load_classifier, predict
-    probs, _ = predict(load_classifier(device=device), images)
-    return probs.max(1).values.mean().item(), torch.bincount(probs.argmax(1), minlength=10).tolist()
+def sample_quality(images, device, data_root=None):
+    """The project classifier's view of unconditional samples: mean max-softmax confidence, predicted-class
+    counts, and the FID to the 10,000 test images in its feature space (no labels needed)."""
+    from classifier.model import frechet_distance, gaussian_stats, get_scorer, predict
+    scorer = get_scorer(device, data_root)
+    probs, feats = predict(scorer.model, images)
+    return dict(confidence=probs.max(1).values.mean().item(),
+                counts=torch.bincount(probs.argmax(1), minlength=10).tolist(),
+                fid=frechet_distance(gaussian_stats(feats), scorer.ref_all))
+
+
+def sample_references(n, data_root=None, seed=42):
+    """Two sets of n images to read sample scores against: real training digits, and U(0, 1) noise."""
+    real = load_mnist(train=True, data_root=data_root)[0]
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    return {"real training digits": real[pick],
+            "uniform noise": torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed + 1))}
 
 
 def samples(args, device):
@@ -254,12 +274,12 @@ def samples(args, device):
     print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps from U(0,1) noise, {time.time() - start:.1f}s")
     print(f"figure: {save_image_grid(imgs[:100], args.figure or FIGURES_DIR / 'ebm_samples.png', nrow=10)}")
     try:
-        noise = torch.rand(imgs.shape, generator=torch.Generator().manual_seed(args.seed + 1))
-        for name, x in [("EBM samples", imgs), ("uniform noise", noise)]:
-            conf, counts = classifier_confidence(x, device)
-            print(f"classifier mean confidence on {name}: {conf:.3f} (predicted class counts {counts})")
+        for name, x in {"EBM samples": imgs, **sample_references(len(imgs), args.data_root, args.seed)}.items():
+            q = sample_quality(x, device, args.data_root)
+            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {q['fid']:.2f} "
+                  f"(classifier features), predicted class counts {q['counts']}")
     except UserError as err:
-        print(f"no classifier confidence: {err}")
+        print(f"no classifier scores: {err}")
     return imgs
 
 
@@ -284,6 +304,18 @@ def validation_mse(trainer, val_images):
     return evaluate_inpainting(trainer, val_images, seed=0, batch_size=500)["mse"].mean().item()
 
 
+class SamplerCollapsed(TrainingDiverged):
+    """The negatives stopped looking like data (see GAP_WINDOW); the weights themselves are finite."""
+
+
+def ship_best(best_path, save_path, device):
+    """Copy the best validation weights to the shipped checkpoint (weights and config only)."""
+    if not Path(best_path).exists():
+        return False
+    Trainer.from_checkpoint(best_path, device).save(save_path, full=False)
+    return True
+
+
 def train(args, device):
     logdir = Path(args.logdir) if args.logdir else DEFAULT_LOGDIR
     logdir.mkdir(parents=True, exist_ok=True)
@@ -301,6 +333,7 @@ def train(args, device):
     if args.resume:
         ckpt = trainer.load(ckpt_path, evaluate=False)
         step, best = ckpt["step"], ckpt.get("best", float("inf"))
+        trainer.lr = trainer.optimizer.param_groups[0]["lr"]  # lowered by earlier rollbacks
         seed_everything(args.seed + step)  # fresh Langevin noise after a resume, still reproducible
         print(f"resumed from {ckpt_path} at step {step} ({len(trainer.replay_buffer)} buffered negatives)")
     else:
@@ -312,19 +345,38 @@ def train(args, device):
     total = args.num_epochs * steps_per_epoch
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else float("inf")
     rollbacks, start_time = 0, time.time()
+    gaps = deque(maxlen=GAP_WINDOW)  # E(x-) - E(x+) of the last steps
     bar = tqdm(total=total, initial=step, desc="ebm")
-    for epoch, x in batch_stream(train_images, args.batch_size, args.seed, step, total):
+    stream = batch_stream(train_images, args.batch_size, args.seed, step, total)
+    while step < total:
+        epoch, x = next(stream)
         try:
             stats = trainer.train_step(x)
+            gaps.append(stats["e_neg"] - stats["e_pos"])
+            if len(gaps) == GAP_WINDOW and sum(gaps) / GAP_WINDOW > args.collapse_gap:
+                raise SamplerCollapsed(f"sampler collapsed (E(x-) - E(x+) averaged {sum(gaps) / GAP_WINDOW:.3f} "
+                                       f"over {GAP_WINDOW} steps, limit {args.collapse_gap})")
         except TrainingDiverged as err:
             rollbacks += 1
+            if rollbacks > MAX_ROLLBACKS and isinstance(err, SamplerCollapsed):
+                # the weights are fine, the sampler just does not survive more training: stop here
+                tqdm.write(f"step {step}: {err} again after {MAX_ROLLBACKS} rollbacks; training stops early, "
+                           f"the best weights before the collapse are kept")
+                break
             if rollbacks > MAX_ROLLBACKS:
+                bar.close()
+                ship_best(best_path, args.save_path, device)
                 raise TrainingDiverged(f"{err} at step {step}; gave up after {MAX_ROLLBACKS} rollbacks. "
                                        f"The last good checkpoint is {ckpt_path}") from None
-            trainer.load(ckpt_path, evaluate=False)  # roll back, then go on at half the learning rate
+            step = trainer.load(ckpt_path, evaluate=False)["step"]  # roll back, go on at half the learning rate
+            stream = batch_stream(train_images, args.batch_size, args.seed, step, total)
             trainer.lr /= 2
             for group in trainer.optimizer.param_groups:
                 group["lr"] = trainer.lr
+            gaps.clear()
+            log.truncate("step", step)
+            eval_log.truncate("step", step)
+            bar.n = step
             tqdm.write(f"step {step}: {err}; rolled back to {ckpt_path}, Adam lr now {trainer.lr:g}")
             continue
         step += 1
@@ -339,10 +391,13 @@ def train(args, device):
             val = validation_mse(trainer, val_images)
             eval_log.write(step=step, val_mse=f"{val:.6f}", minutes=f"{(time.time() - start_time) / 60:.2f}")
             tqdm.write(f"step {step}: validation inpainting MSE {val:.5f}")
-            if val < best:
-                best = val
-                trainer.save(best_path, full=False, step=step, val_mse=val)
-            trainer.save(ckpt_path, step=step, best=best)
+            if sum(gaps) / max(len(gaps), 1) > args.collapse_gap / 2:
+                tqdm.write(f"step {step}: energy gap rising, no checkpoint (the sampler may be collapsing)")
+            else:
+                if val < best:
+                    best = val
+                    trainer.save(best_path, full=False, step=step, val_mse=val)
+                trainer.save(ckpt_path, step=step, best=best)
         if last:
             break
     bar.close()
@@ -353,11 +408,9 @@ def train(args, device):
         plot_curves(eval_log.rows(), "step", {"held-out inpainting MSE": ["val_mse"]}, folder / f"{prefix}val.png")
     if trainer.x_neg is not None:
         save_image_grid(trainer.x_neg[:64], figures / "ebm_negatives.png", nrow=8)
-    if best_path.exists():
-        best_trainer = Trainer.from_checkpoint(best_path, device)
-        best_trainer.save(args.save_path, full=False)
+    if ship_best(best_path, args.save_path, device):
         print(f"shipped best validation weights (MSE {best:.5f}) to {args.save_path}")
-    print(f"trained {step}/{total} steps in {(time.time() - start_time) / 60:.1f} min; resumable from {ckpt_path}")
+    print(f"trained {step}/{total} steps in {(time.time() - start_time) / 60:.1f} min; last good state: {ckpt_path}")
     return trainer
 
 
@@ -385,7 +438,8 @@ def main(argv=None):
 
 def report(device="cpu", data_root=None):
     """Main-job rows for models/ebm.pt: inpainting MSE on the full test set (vs the corrupted input and
-    the row-interpolation baseline) and the classifier's confidence on 1,000 unconditional samples."""
+    the row-interpolation baseline); the classifier's confidence and FID on 1,000 unconditional samples,
+    next to 1,000 real training digits and 1,000 noise images."""
     trainer = Trainer.from_checkpoint(MODELS_DIR / "ebm.pt", device)
     res = evaluate_inpainting(trainer, load_mnist(train=False, data_root=data_root)[0], seed=42)
     rows = [("EBM inpainting MSE (10k test images)", f"{res['mse'].mean().item():.4f}", "< 0.0058 (aim 0.0030)"),
@@ -393,13 +447,15 @@ def report(device="cpu", data_root=None):
             ("EBM row-interpolation baseline MSE", f"{res['mse_interpolation'].mean().item():.4f}",
              "EBM must be below")]
     try:
-        conf, _ = classifier_confidence(draw_samples(trainer, 1000, SAMPLE_STEPS), device)
-        noise_conf, _ = classifier_confidence(torch.rand(1000, 1, 28, 28, generator=torch.Generator().manual_seed(43)),
-                                              device)
-        rows.append((f"EBM samples ({SAMPLE_STEPS} Langevin steps): classifier confidence (1,000)", f"{conf:.3f}",
-                     f"noise gets {noise_conf:.3f}"))
+        quality = {name: sample_quality(x, device, data_root) for name, x in
+                   {"EBM": draw_samples(trainer, 1000, SAMPLE_STEPS), **sample_references(1000, data_root)}.items()}
     except UserError:
-        pass  # no classifier yet
+        return rows  # no classifier yet
+    real, noise = quality["real training digits"], quality["uniform noise"]
+    rows += [(f"EBM samples ({SAMPLE_STEPS} Langevin steps, 1,000): classifier confidence",
+              f"{quality['EBM']['confidence']:.3f}", f"noise {noise['confidence']:.3f}, real {real['confidence']:.3f}"),
+             ("EBM samples: FID to the test set (classifier features)", f"{quality['EBM']['fid']:.2f}",
+              f"noise {noise['fid']:.2f}, 1,000 real {real['fid']:.2f}")]
     return rows
 
 

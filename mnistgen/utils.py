@@ -128,6 +128,15 @@ class CsvLog:
         with open(self.path, newline="") as f:
             return list(csv.DictReader(f))
 
+    def truncate(self, key, last):
+        """Drop the rows whose `key` column exceeds `last` (after a rollback to step `last`)."""
+        rows = self.rows()
+        kept = [r for r in rows if float(r[key]) <= last]
+        if len(kept) < len(rows):
+            self.path.unlink()
+            for row in kept:
+                self.write(**row)
+
 
 def plot_curves(rows, x_key, panels, path, title=None):
     """One PNG with a panel per entry of `panels` ({panel title: [column, ...]}), x = `x_key`."""

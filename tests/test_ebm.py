@@ -62,6 +62,9 @@ def test_task_negatives_change_only_the_corrupted_rows(digits):
     assert trainer.x_neg.shape == (16, 1, 28, 28) and trainer.x_neg_init.shape == (8, 1, 28, 28)
     assert torch.equal(task[..., 1::2, :], digits[:8, :, 1::2, :])
     assert not torch.equal(task[..., 0::2, :], digits[:8, :, 0::2, :])
+    # only the unconditional chains enter the replay buffer
+    assert len(trainer.replay_buffer) == 8
+    assert all(torch.equal(b, x) for b, x in zip(trainer.replay_buffer, trainer.x_neg[:8].unbind(0)))
 
 
 def test_langevin_descends_energy_and_stays_in_range():
@@ -124,6 +127,32 @@ def test_training_rolls_back_then_stops_on_repeated_divergence(tmp_path, monkeyp
     assert not (tmp_path / "ship.pt").exists()
 
 
+def test_sampler_collapse_rolls_back_then_stops_early(tmp_path, monkeypatch, capsys):
+    """Healthy steps (E(x-) = E(x+)) up to step 8, then a gap of 1: the guard rolls back to the step-8
+    checkpoint at half the learning rate and rewinds the log; after 3 rollbacks training stops early
+    (no error: the weights are fine) and ships the best weights before the collapse."""
+    calls = []
+
+    def fake_step(self, batch_x):
+        calls.append(1)
+        self.x_neg = batch_x
+        return dict(loss=0.0, e_pos=0.0, e_neg=0.0 if len(calls) <= 8 else 1.0, grad_norm=0.0)
+
+    monkeypatch.setattr(Trainer, "train_step", fake_step)
+    monkeypatch.setattr(ebm_main, "GAP_WINDOW", 3)
+    ebm_main.main(["--limit", "64", "--batch_size", "16", "--num_epochs", "10", "--eval_every", "4",
+                   "--val_images", "100", "--inpaint_steps", "2", "--logdir", str(tmp_path),
+                   "--figures_dir", str(tmp_path), "--save_path", str(tmp_path / "ship.pt"), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "step 8: sampler collapsed" in out and "Adam lr now 5e-05" in out and "Adam lr now 1.25e-05" in out
+    assert "training stops early" in out and "trained 10/40 steps" in out
+    steps = [int(r["step"]) for r in ebm_main.CsvLog(tmp_path / "log.csv").rows()]
+    assert steps == sorted(set(steps)) and max(steps) == 10  # rewound to 8 at each rollback
+    assert torch.load(tmp_path / "ebm_train.pt", weights_only=True)["step"] == 8
+    assert torch.load(tmp_path / "ebm_best.pt", weights_only=True)["step"] <= 8
+    assert (tmp_path / "ship.pt").is_file()
+
+
 # ---------------------------------------------------------------- inpainting and protocol
 def test_inpainting_keeps_unmasked_pixels_and_range(digits):
     trainer = make_trainer()
@@ -150,7 +179,8 @@ def test_corruption_protocol_and_row_interpolation(digits):
 # ---------------------------------------------------------------- CLI
 def test_smoke_train_resume_play_export(tmp_path, capsys):
     common = ["--limit", "64", "--batch_size", "16", "--langevin_k", "2", "--eval_every", "3", "--val_images", "100",
-              "--inpaint_steps", "2", "--logdir", str(tmp_path / "run"), "--figures_dir", str(tmp_path / "fig"), "--save_path", str(tmp_path / "ebm.pt"),
+              "--inpaint_steps", "2", "--logdir", str(tmp_path / "run"), "--figures_dir", str(tmp_path / "fig"),
+              "--save_path", str(tmp_path / "ebm.pt"),
               "--device", "cpu"]
     ebm_main.main(common + ["--num_epochs", "1"])
     assert (tmp_path / "ebm.pt").is_file() and (tmp_path / "run" / "negatives.png").is_file()
@@ -175,6 +205,9 @@ def test_smoke_train_resume_play_export(tmp_path, capsys):
     imgs = ebm_main.main(["--samples", "12", "--sample_steps", "3", "--load_dir", str(tmp_path / "exp.pt"),
                           "--figure", str(tmp_path / "samples.png"), "--device", "cpu"])
     assert imgs.shape == (12, 1, 28, 28) and (tmp_path / "samples.png").is_file()
+    out = capsys.readouterr().out
+    for name in ("EBM samples", "real training digits", "uniform noise"):
+        assert f"{name}: classifier confidence" in out and "FID to the test set" in out
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty_folder", "other_model", "truncated"])
@@ -207,3 +240,17 @@ def test_shipped_model_beats_row_interpolation():
     assert "optimizer" not in payload and "replay_buffer" not in payload
     res = ebm_main.evaluate_inpainting(trainer, load_mnist(train=False)[0][:200], seed=42)
     assert res["mse"].mean() < res["mse_interpolation"].mean() < res["mse_corrupted"].mean()
+
+
+def test_shipped_model_samples_digits_from_noise():
+    """200 chains of SAMPLE_STEPS Langevin steps from U(0, 1) noise must look like digits to the classifier:
+    an FID to the test set (classifier features) far below that of noise, and no class taking half the
+    samples (the classifier calls every noise image an 8)."""
+    if not SHIPPED.is_file():
+        pytest.skip("models/ebm.pt not shipped yet")
+    trainer = Trainer.from_checkpoint(SHIPPED)
+    samples = ebm_main.draw_samples(trainer, 200, ebm_main.SAMPLE_STEPS)
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    quality, noise_quality = ebm_main.sample_quality(samples, "cpu"), ebm_main.sample_quality(noise, "cpu")
+    assert quality["fid"] < 0.1 * noise_quality["fid"]
+    assert max(quality["counts"]) < 100 and max(noise_quality["counts"]) >= 100
