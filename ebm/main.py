@@ -75,9 +75,9 @@ def build_parser():
                    help="clip each pixel's Langevin gradient to [-proj_norm, proj_norm]; 'none' = no clip (default: 0.01)")
     p.add_argument("--num_epochs", type=positive_int, default=40,
                    help="training epochs (default: 40, about 30 min on a 2-core CPU)")
-    p.add_argument("--inpaint_neg_p", type=probability, default=0.5,
+    p.add_argument("--inpaint_neg_p", type=probability, default=0.75,
                    help="fraction of negatives started from row-corrupted training images, Langevin on the "
-                        "corrupted rows only (task-aware CD; 0 = plain IGEBM; default: 0.5)")
+                        "corrupted rows only (task-aware CD; 0 = plain IGEBM; default: 0.75)")
     # training extras
     p.add_argument("--resume", action="store_true", help="continue from LOGDIR/ebm_train.pt")
     p.add_argument("--max_minutes", type=positive_float, default=None,
