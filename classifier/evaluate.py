@@ -6,9 +6,9 @@ SAMPLES.pt is the assignment's format: a dict with 'imgs' (N, 1, 28, 28) in [0, 
 for two references: 10,000 real training images and a mode-collapsed set.
 """
 import argparse
+import sys
 from pathlib import Path
 
-import sys
 import torch
 
 if not __package__:  # run as a script: make the repository's packages importable without installing

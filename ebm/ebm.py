@@ -205,7 +205,8 @@ class Trainer:
         (step size `step_size`, noise `noise_std`, pixel gradient clipped to `grad_clip`, plus a pull
         `fidelity * (corrupted - x)` towards the observation) on the masked pixels; the chains' average
         (an estimate of the posterior mean, which minimises the expected squared error) is returned.
-        Unmasked pixels are returned bit for bit unchanged and the result lies in [0, 1]. Settings default to `self.inpaint_config`; keywords override them.
+        Unmasked pixels are returned bit for bit unchanged and the result lies in [0, 1]. Settings default
+        to `self.inpaint_config`; keywords override them.
         """
         cfg = {**self.inpaint_config, **{k: v for k, v in overrides.items() if v is not None}}
         unknown = set(cfg) - set(INPAINT_DEFAULTS)

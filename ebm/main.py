@@ -346,6 +346,10 @@ def train(args, device):
     deadline = time.time() + 60 * args.max_minutes if args.max_minutes else float("inf")
     rollbacks, start_time = 0, time.time()
     gaps = deque(maxlen=GAP_WINDOW)  # E(x-) - E(x+) of the last steps
+
+    def mean_gap():
+        return sum(gaps) / max(len(gaps), 1)
+
     bar = tqdm(total=total, initial=step, desc="ebm")
     stream = batch_stream(train_images, args.batch_size, args.seed, step, total)
     while step < total:
@@ -353,17 +357,17 @@ def train(args, device):
         try:
             stats = trainer.train_step(x)
             gaps.append(stats["e_neg"] - stats["e_pos"])
-            if len(gaps) == GAP_WINDOW and sum(gaps) / GAP_WINDOW > args.collapse_gap:
-                raise SamplerCollapsed(f"sampler collapsed (E(x-) - E(x+) averaged {sum(gaps) / GAP_WINDOW:.3f} "
+            if len(gaps) == GAP_WINDOW and mean_gap() > args.collapse_gap:
+                raise SamplerCollapsed(f"sampler collapsed (E(x-) - E(x+) averaged {mean_gap():.3f} "
                                        f"over {GAP_WINDOW} steps, limit {args.collapse_gap})")
         except TrainingDiverged as err:
             rollbacks += 1
-            if rollbacks > MAX_ROLLBACKS and isinstance(err, SamplerCollapsed):
-                # the weights are fine, the sampler just does not survive more training: stop here
-                tqdm.write(f"step {step}: {err} again after {MAX_ROLLBACKS} rollbacks; training stops early, "
-                           f"the best weights before the collapse are kept")
-                break
             if rollbacks > MAX_ROLLBACKS:
+                if isinstance(err, SamplerCollapsed):
+                    # the weights are fine, the sampler just does not survive more training: stop here
+                    tqdm.write(f"step {step}: {err} again after {MAX_ROLLBACKS} rollbacks; training stops early, "
+                               f"the best weights before the collapse are kept")
+                    break
                 bar.close()
                 ship_best(best_path, args.save_path, device)
                 raise TrainingDiverged(f"{err} at step {step}; gave up after {MAX_ROLLBACKS} rollbacks. "
@@ -391,7 +395,7 @@ def train(args, device):
             val = validation_mse(trainer, val_images)
             eval_log.write(step=step, val_mse=f"{val:.6f}", minutes=f"{(time.time() - start_time) / 60:.2f}")
             tqdm.write(f"step {step}: validation inpainting MSE {val:.5f}")
-            if sum(gaps) / max(len(gaps), 1) > args.collapse_gap / 2:
+            if mean_gap() > args.collapse_gap / 2:
                 tqdm.write(f"step {step}: energy gap rising, no checkpoint (the sampler may be collapsing)")
             else:
                 if val < best:

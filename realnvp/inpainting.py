@@ -12,9 +12,9 @@ never the image itself).
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import sys
 import torch
 
 if not __package__:  # run as a script: make the repository's packages importable without installing
