@@ -1,14 +1,22 @@
-"""Every checkpoint of the project goes through here.
+"""Every checkpoint of the project goes through here, and so does the model contract.
 
-A checkpoint is a dict: {'kind': model name, 'config': constructor settings, 'format': 1,
-...state_dicts}. It is written atomically (temporary file, then rename) and read with
-torch.load(weights_only=True): no pickled code is ever executed.
+A checkpoint is a dict: {'kind': model name, 'config': the model's config as a dict, 'format': 1,
+...state_dicts}. It is written atomically and read with torch.load(weights_only=True): no pickled
+code is ever executed.
+
+The contract every model package follows: one config dataclass (the CLI fills it, the checkpoint
+stores it, the loader rebuilds from it), `build(config)` and `load(path, device)`. `load_model` is
+the shared half of every `load`: whatever is wrong with the file (unreadable, another model, a
+config that does not describe a model, missing or misshapen or non-finite weights) is one line.
 """
-import os
+import dataclasses
+import math
+import typing
 from pathlib import Path
 
 import torch
 
+from mnistgen.files import atomic_torch_save
 from mnistgen.utils import UserError
 
 FORMAT = 1
@@ -19,13 +27,8 @@ class CheckpointError(UserError):
 
 
 def save_checkpoint(path, kind, config, **state):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"kind": kind, "config": dict(config), "format": FORMAT, **state}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a kill mid-save leaves the previous checkpoint intact
-    return path
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return atomic_torch_save({"kind": kind, "config": config, "format": FORMAT, **state}, path)
 
 
 def resolve_path(path, names=()):
@@ -41,20 +44,82 @@ def resolve_path(path, names=()):
     return path
 
 
+def _load_failure(err):
+    """Why torch.load failed, in a few words (its own messages run to paragraphs)."""
+    text = str(err)
+    if "Weights only load failed" in text or isinstance(err, getattr(torch.serialization, "pickle").UnpicklingError):
+        return "not a torch checkpoint, or one holding pickled objects, which are never loaded"
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        return "the file is truncated or not a torch checkpoint"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first if len(first) <= 100 else first[:first.rfind(" ", 0, 100)] + " ..."
+
+
 def load_checkpoint(path, kind, names=(), map_location="cpu"):
     """Load and check a checkpoint of `kind`; every failure is a one-line CheckpointError."""
     path = resolve_path(path, names)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or "kind" not in ckpt or "config" not in ckpt:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(err)})") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'kind'/'config' entries)")
     if ckpt["kind"] != kind:
-        raise CheckpointError(f"{path} holds a {ckpt['kind']} checkpoint, but a {kind} checkpoint is needed")
+        raise CheckpointError(f"{path} holds a checkpoint of the {ckpt['kind']} model, not of the {kind} model")
     return ckpt
 
+
+# ---------------------------------------------------------------------------------------------- configs
+
+def _type_ok(value, hint):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        return any(_type_ok(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple or hint is tuple:
+        item = args[0] if args else typing.Any
+        return isinstance(value, (tuple, list)) and all(_type_ok(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _type_name(hint):
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def config_from_dict(cls, data, source="checkpoint"):
+    """The dataclass `cls` from a checkpoint's config dict, checked field by field (one-line errors)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown config entries {unknown} for a {cls.__name__}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = sorted(set(required) - set(data))
+    if missing:
+        raise CheckpointError(f"{source}: config lacks {missing}")
+    for key, value in data.items():
+        if not _type_ok(value, hints[key]):
+            raise CheckpointError(f"{source}: config entry {key}={value!r} is not a {_type_name(hints[key])}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: bad config ({err})") from None
+
+
+# ---------------------------------------------------------------------------------------------- weights
 
 def half_state(state_dict):
     """fp16 copy of a state_dict's floating tensors (for shipped checkpoints; loading casts back)."""
@@ -62,9 +127,45 @@ def half_state(state_dict):
 
 
 def load_state(module, state_dict, path="checkpoint"):
-    """load_state_dict with a one-line error when the weights do not fit the rebuilt module."""
-    try:
-        module.load_state_dict(state_dict)
-    except (RuntimeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: weights do not match the model ({str(err).splitlines()[0][:120]})") from None
+    """load_state_dict with a one-line error naming the first tensor that does not fit."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path}: weights are not a state_dict")
+    own = module.state_dict()
+    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    for name, tensor in state_dict.items():
+        if not torch.is_tensor(tensor) or tensor.shape != own[name].shape:
+            shape = tuple(tensor.shape) if torch.is_tensor(tensor) else type(tensor).__name__
+            raise CheckpointError(f"{path}: weights do not match the model: tensor {name} has shape {shape}, "
+                                  f"the model needs {tuple(own[name].shape)}")
+    module.load_state_dict(state_dict)
     return module
+
+
+def check_finite(module, path="checkpoint"):
+    """Refuse a model with NaN or infinite parameters or buffers: it would only print garbage."""
+    for name, tensor in module.state_dict().items():
+        if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or infinite values; the model is broken")
+    return module
+
+
+def load_model(path, kind, config_cls, build, names=(), key="model", device="cpu"):
+    """The shared half of every model's `load`: (model on `device` in eval mode, config, checkpoint).
+
+    Reads the checkpoint of `kind`, rebuilds its config as `config_cls`, calls `build(config)` and loads
+    the state_dict stored under `key`; every way this can fail is a one-line CheckpointError."""
+    ckpt = load_checkpoint(path, kind, names)
+    path = resolve_path(path, names)
+    config = config_from_dict(config_cls, ckpt["config"], str(path))
+    try:
+        model = build(config)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: its config does not describe a {kind} model ({err})") from None
+    if key not in ckpt:
+        raise CheckpointError(f"{path} has no '{key}' weights")
+    load_state(model, ckpt[key], path)
+    check_finite(model.float(), path)
+    return model.to(device).eval(), config, ckpt

@@ -47,6 +47,15 @@ def pick_device(name="auto"):
     return torch.device(name)
 
 
+def take_first(items, n, what):
+    """The first `n` of `items` (all when n is None); one rule for every --num_images: more than there are is an error."""
+    if n is None:
+        return items
+    if n > len(items):
+        raise UserError(f"--num_images {n} exceeds the {len(items)} {what}")
+    return items[:n]
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
@@ -85,9 +94,9 @@ def nonnegative_float(text):
 
 
 def positive_float(text):
-    value = nonnegative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
     return value
 
 

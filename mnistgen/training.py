@@ -1,0 +1,336 @@
+"""The one training scaffold: every model's loop, run folder, log, resume, keep-the-best and shipping.
+
+A model supplies a `Task` (its data, its step, its evaluation, its schedule); `fit(task, options)` does
+the bookkeeping the way nanoGPT's train.py does it, once for the whole project:
+
+- run folder `options.logdir`: `log.csv` (one row per evaluation: the mean training stats since the
+  last one, the task's metrics, lr, minutes), `curves.png`, `last.pt` (everything `--resume` needs:
+  modules, optimizers, the task's extra state, RNG states, step, best-so-far, lr scale) and `best.pt`
+  (the shipped form of the best evaluation so far, by the task's `rank`).
+- resume: `last.pt` is reloaded and the log trimmed to its step, so a resumed run writes the rows an
+  uninterrupted run would; batches come from (seed, epoch) so the data order is the same too.
+- divergence: a step may raise `TrainingDiverged`; the run rolls back to `last.pt` at half the learning
+  rate, at most `max_rollbacks` times (then it stops: `StopEarly` keeps the best, others re-raise).
+- shipping: at the end `task.finalize` turns `best.pt` into the shipped checkpoint, written to
+  `options.save_path` when the user gave one, or to the model's default in models/ after a complete run
+  of the bare command; never after a short (smoke) run.
+"""
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mnistgen.checkpoint import CheckpointError, half_state, load_checkpoint, load_state, save_checkpoint
+from mnistgen.files import ensure_writable, ensure_writable_dir
+from mnistgen.utils import CsvLog, UserError, plot_curves
+
+
+class TrainingDiverged(UserError):
+    """The step's energies/losses blew up: the weights must not be kept. The run rolls back."""
+
+
+class StopEarly(TrainingDiverged):
+    """Like TrainingDiverged, but when rollbacks do not help the run ends normally, shipping its best."""
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What every training command shares (the flags `add_run_args` defines)."""
+    logdir: Path
+    total_steps: int
+    eval_every: int                 # steps between evaluations (an epoch for the epoch-based models)
+    seed: int = 0
+    resume: bool = False
+    save_path: Path = None          # the user's --save_path (None: the default below, complete runs only)
+    default_save_path: Path = None  # models/<model>.pt
+    complete_run: bool = True       # False for smoke runs (--limit): never ships to the default path
+    max_minutes: float = None
+    max_rollbacks: int = 3
+    progress: bool = True
+    figures_dir: Path = None          # the user's --figures_dir (None: the default below, complete runs only)
+    default_figures_dir: Path = None  # figures/ of the repository
+
+
+def add_run_args(parser, logdir, save_path, epochs=None):
+    """The training flags every model's script shares; `epochs` is the model's default --num_epochs."""
+    if epochs is not None:
+        parser.add_argument("--num_epochs", type=_positive_int, default=epochs, help=f"training epochs (default: {epochs})")
+    parser.add_argument("--logdir", default=None,
+                        help=f"run folder: log.csv, curves.png, grids, last.pt (for --resume), best.pt (default: {logdir})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its last.pt")
+    parser.add_argument("--save_path", default=None,
+                        help=f"where the shipped checkpoint goes (default: {save_path}, written only by a complete "
+                             "run: not with --limit or a --max_minutes stop)")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="train on the first N training images only (smoke runs; never ships)")
+    parser.add_argument("--max_minutes", type=_positive_float, default=None,
+                        help="stop (resumable) after this many minutes of training (default: no limit)")
+    parser.add_argument("--figures_dir", default=None,
+                        help="where the README figures of the shipped model go (default: figures/, written only "
+                             "by a complete run)")
+    return parser
+
+
+def run_options(args, name, total_steps, eval_every, **extra):
+    """RunOptions from the flags of `add_run_args` for the model `name` (runs/NAME, models/NAME.pt)."""
+    from mnistgen.utils import MODELS_DIR, REPO_ROOT
+    return RunOptions(logdir=Path(args.logdir or REPO_ROOT / "runs" / name), total_steps=total_steps,
+                      eval_every=eval_every, seed=args.seed, resume=args.resume,
+                      save_path=args.save_path and Path(args.save_path), default_save_path=MODELS_DIR / f"{name}.pt",
+                      complete_run=args.limit is None, max_minutes=args.max_minutes,
+                      figures_dir=args.figures_dir and Path(args.figures_dir),
+                      default_figures_dir=REPO_ROOT / "figures", **extra)
+
+
+def _positive_int(text):
+    from mnistgen.utils import positive_int
+    return positive_int(text)
+
+
+def _positive_float(text):
+    from mnistgen.utils import positive_float
+    return positive_float(text)
+
+
+class Task:
+    """What a model supplies to `fit`. Subclasses set the attributes in __init__ and override the hooks."""
+    kind = None               # checkpoint kind
+    config = None             # the model's config dataclass (stored in every checkpoint)
+    modules = {}              # name -> nn.Module, saved in last.pt
+    optimizers = {}           # name -> optimizer, saved in last.pt
+    curve_panels = {}         # curves.png: {panel title: [log columns]}
+    steps_per_epoch = 1
+
+    def batches(self, epoch, generator):
+        """The batches of one epoch, in an order drawn from `generator` (seeded by (seed, epoch))."""
+        raise NotImplementedError
+
+    def train_step(self, batch):
+        """One optimisation step; returns {name: float} for the log."""
+        raise NotImplementedError
+
+    def lr_scale(self, step):
+        """Learning-rate multiplier at `step` (the schedule); the optimizers' initial lr is the peak."""
+        return 1.0
+
+    def evaluate(self, step, run_dir):
+        """{metric: float} of the current weights (may also write grids into run_dir)."""
+        return {}
+
+    def rank(self, metrics):
+        """Lower is better: the keep-the-best key of an evaluation; None: never 'best' (keep the last)."""
+        return None
+
+    def healthy(self):
+        """False while the state should not be checkpointed (e.g. a sampler about to collapse)."""
+        return True
+
+    def shipped_state(self):
+        """The shipped checkpoint's tensors: the modules' weights in fp16, no optimizer state."""
+        return {name: half_state(m.state_dict()) for name, m in self.modules.items()}
+
+    def extra_state(self):
+        return {}
+
+    def load_extra_state(self, state):
+        pass
+
+    def write_figures(self, shipped_path, run_dir, figures_dir):
+        """README figures of the shipped model (called only when the run may write into `figures_dir`)."""
+
+    def finalize(self, best_path, run_dir):
+        """Turn best.pt into the shipped checkpoint's tensors (default: best.pt as it is)."""
+        ckpt = load_checkpoint(best_path, self.kind)
+        return {k: v for k, v in ckpt.items() if k not in ("kind", "config", "format")}
+
+
+# ---------------------------------------------------------------------------------------------- RNG
+
+def rng_state():
+    np_state = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), python=list(random.getstate()[1]),
+                numpy=torch.from_numpy(np_state[1].astype(np.int64)), numpy_pos=int(np_state[2]))
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"]))
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+class Run:
+    """The run folder of one training run."""
+
+    def __init__(self, task, opts):
+        self.task, self.opts = task, opts
+        self.dir = ensure_writable_dir(opts.logdir, "run folder (--logdir)")
+        self.last, self.best_path = self.dir / "last.pt", self.dir / "best.pt"
+        self.log = CsvLog(self.dir / "log.csv")
+        self.step, self.best, self.lr_factor, self.minutes = 0, None, 1.0, 0.0
+        self.lr_scale = 1.0  # the multiplier of the last step, for the log
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in task.optimizers.items()}
+
+    # ---- state
+    def save_last(self):
+        t = self.task
+        save_checkpoint(self.last, t.kind, t.config, step=self.step, best=self.best, lr_factor=self.lr_factor,
+                        minutes=self.minutes, rng=rng_state(), extra=t.extra_state(),
+                        modules={n: m.state_dict() for n, m in t.modules.items()},
+                        optimizers={n: o.state_dict() for n, o in t.optimizers.items()})
+
+    def load_last(self):
+        t = self.task
+        ckpt = load_checkpoint(self.last, t.kind)
+        if "optimizers" not in ckpt or "modules" not in ckpt:
+            raise CheckpointError(f"{self.last} is a shipped (weights-only) checkpoint, not a training state; "
+                                  "--resume needs the last.pt a training run writes")
+        try:
+            for name, module in t.modules.items():
+                load_state(module, ckpt["modules"][name], self.last)
+            for name, opt in t.optimizers.items():
+                opt.load_state_dict(ckpt["optimizers"][name])
+            t.load_extra_state(ckpt["extra"])
+            set_rng_state(ckpt["rng"])
+            self.step, self.best, self.lr_factor = ckpt["step"], ckpt["best"], ckpt["lr_factor"]
+            self.minutes = ckpt["minutes"]
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{self.last}: incomplete training state ({type(err).__name__}: {err}); "
+                                  "start afresh without --resume") from None
+        if dataclasses.asdict(t.config) != dict(ckpt["config"]):
+            raise UserError(f"{self.last} was trained with {ckpt['config']}; pass the same model flags to resume")
+        self.log.truncate("step", self.step)  # rows written after the last save belong to lost work
+
+    def save_best(self):
+        save_checkpoint(self.best_path, self.task.kind, self.task.config, step=self.step,
+                        **self.task.shipped_state())
+
+    # ---- loop pieces
+    def set_lr(self):
+        self.lr_scale = scale = self.lr_factor * self.task.lr_scale(self.step)
+        for name, opt in self.task.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = base * scale
+        return scale
+
+    def stream(self):
+        """(epoch, batch) from self.step on; an epoch's order depends on (seed, epoch) only."""
+        per_epoch = self.task.steps_per_epoch
+        epoch, offset = divmod(self.step, per_epoch)
+        while True:
+            gen = torch.Generator().manual_seed(self.opts.seed * 100003 + epoch)
+            for i, batch in enumerate(self.task.batches(epoch, gen)):
+                if i >= offset:
+                    yield epoch, batch
+            epoch, offset = epoch + 1, 0
+
+    def rollback(self, err, rollbacks):
+        self.load_last()
+        self.lr_factor /= 2
+        tqdm.write(f"step {self.step}: {err}; rolled back to {self.last} (rollback {rollbacks}), "
+                   f"learning rate x{self.lr_factor:g}")
+
+    def evaluate(self, sums, count, epoch):
+        metrics = self.task.evaluate(self.step, self.dir)
+        row = dict(step=self.step, epoch=epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}, **metrics,
+                   lr_scale=self.lr_scale, minutes=self.minutes)
+        self.log.write(**{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+        plot_curves(self.log.rows(), "step", self.task.curve_panels, self.dir / "curves.png",
+                    title=f"{self.task.kind} training")
+        saved = ""
+        if self.task.healthy():
+            rank = self.task.rank(metrics)
+            if self.best is None or rank is None or rank < self.best["rank"]:
+                self.best = dict(rank=rank, step=self.step, **metrics) if rank is not None else dict(step=self.step)
+                self.save_best()
+                saved = "  * best"
+            self.save_last()
+        else:
+            saved = "  (not checkpointed: the task reports an unhealthy state)"
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        tqdm.write(shown + saved, file=sys.stdout)
+
+
+def fit(task, opts):
+    """Train `task` with the options; returns the path of the shipped checkpoint (or best.pt)."""
+    ship_to = opts.save_path
+    if ship_to is not None:
+        ensure_writable(ship_to, "--save_path")
+    if opts.figures_dir is not None:
+        ensure_writable_dir(opts.figures_dir, "--figures_dir")
+    run = Run(task, opts)
+    if opts.resume:
+        run.load_last()
+        print(f"resumed from {run.last} at step {run.step}", flush=True)
+    else:
+        run.log.path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+        run.save_last()                        # so that a first-window divergence can roll back
+    rollbacks, deadline = 0, time.time() + 60 * opts.max_minutes if opts.max_minutes else float("inf")
+    stopped_early = timed_out = False
+    sums, count, stream = {}, 0, run.stream()
+    bar = tqdm(total=opts.total_steps, initial=run.step, desc=f"{task.kind} training", disable=not opts.progress,
+               mininterval=1 if sys.stderr.isatty() else 30)
+    clock = time.time()
+    while run.step < opts.total_steps:
+        epoch, batch = next(stream)
+        run.set_lr()
+        try:
+            stats = task.train_step(batch)
+        except TrainingDiverged as err:
+            rollbacks += 1
+            if rollbacks > opts.max_rollbacks:
+                if isinstance(err, StopEarly):
+                    tqdm.write(f"step {run.step}: {err} again after {opts.max_rollbacks} rollbacks; training stops "
+                               "early and ships the best weights so far")
+                    stopped_early = True
+                    break
+                bar.close()
+                raise TrainingDiverged(f"{err} at step {run.step}; gave up after {opts.max_rollbacks} rollbacks "
+                                       f"(the last good state is {run.last})") from None
+            run.rollback(err, rollbacks)
+            sums, count, stream, bar.n = {}, 0, run.stream(), run.step
+            clock = time.time()
+            continue
+        run.step += 1
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+        count += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in list(stats.items())[:3]}, refresh=False)
+        now = time.time()
+        run.minutes += (now - clock) / 60
+        clock = now
+        timed_out = now >= deadline
+        if run.step % opts.eval_every == 0 or run.step == opts.total_steps or timed_out:
+            run.evaluate(sums, count, epoch)
+            sums, count, clock = {}, 0, time.time()
+        if timed_out:
+            print(f"--max_minutes {opts.max_minutes} reached at step {run.step}; continue with --resume", flush=True)
+            break
+    bar.close()
+    finished = stopped_early or (not timed_out and run.step >= opts.total_steps)
+    return ship(task, run, opts, complete=opts.complete_run and finished)
+
+
+def ship(task, run, opts, complete):
+    if not run.best_path.exists():
+        raise UserError(f"no evaluation was healthy enough to keep; nothing to ship (see {run.log.path})")
+    state = task.finalize(run.best_path, run.dir)
+    target = opts.save_path or (opts.default_save_path if complete else None)
+    if target is None:
+        path = save_checkpoint(run.dir / "shipped.pt", task.kind, task.config, **state)
+        print(f"shipped form in {path} (not copied to {opts.default_save_path}: a short or partial run; "
+              "pass --save_path to write it elsewhere)")
+        return path
+    path = save_checkpoint(target, task.kind, task.config, **state)
+    print(f"shipped checkpoint: {path} (best {run.best})")
+    figures = opts.figures_dir or (opts.default_figures_dir if complete else None)
+    if figures is not None:
+        task.write_figures(path, run.dir, Path(figures))
+    return path
