@@ -19,7 +19,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
-from mnistgen.utils import add_common_args, positive_int, run_cli
+from mnistgen.utils import add_common_args, positive_int, run_cli, take_first
 from realnvp import inpaint_mse, masked_inputs
 from realnvp.realnvp import HALF, HI, LO
 
@@ -32,8 +32,9 @@ def main(argv=None):
     p.add_argument("--num_images", type=positive_int, default=100, help="first N images of the split (default: 100)")
     args = p.parse_args(argv)
     train = load_mnist(train=True, data_root=args.data_root)[0].reshape(60000, -1).float()
-    images = load_mnist(train=args.split == "train", data_root=args.data_root)[0][: args.num_images]
-    raw, _, _ = masked_inputs(images, seed=0)
+    images = take_first(load_mnist(train=args.split == "train", data_root=args.data_root)[0], args.num_images,
+                        f"{args.split} images")
+    raw, _, _ = masked_inputs(images, torch.Generator().manual_seed(0))
     dist = torch.cdist(raw[:, :HALF], train[:, :HALF])
     if args.split == "train":
         dist[torch.arange(len(raw)), torch.arange(len(raw))] = float("inf")   # never the image itself

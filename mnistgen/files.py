@@ -37,8 +37,8 @@ def atomic_write(path):
 
 
 def atomic_torch_save(obj, path):
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)  # through a file object: the archive's inner name does not depend on the temporary's
     return Path(path)
 
 
@@ -48,11 +48,29 @@ def atomic_write_text(path, text):
     return Path(path)
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def remove_stale_tmp(folder):
-    """Delete temporaries (`.NAME.PID.tmp`, and the older `NAME.tmp`) that killed writes left in `folder`."""
+    """Delete the temporaries of killed writes in `folder`: ours (`.NAME.PID.tmp` of a process that is gone)
+    and the older checkpoints' `NAME.pt.tmp`. Other files ending in .tmp are not ours and stay."""
     folder = Path(folder)
-    if folder.is_dir():
-        for tmp in folder.glob(f"*{TMP_SUFFIX}"):
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(f"*{TMP_SUFFIX}"):
+        name, pid = tmp.name[:-len(TMP_SUFFIX)], None
+        if tmp.name.startswith(".") and name.rpartition(".")[2].isdigit():
+            pid = int(name.rpartition(".")[2])
+        elif not name.endswith(".pt"):
+            continue
+        if pid is None or (pid != os.getpid() and not _pid_alive(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 

@@ -105,6 +105,7 @@ class Task:
     optimizers = {}           # name -> optimizer, saved in last.pt
     curve_panels = {}         # curves.png: {panel title: [log columns]}
     steps_per_epoch = 1
+    step = 0                  # set by fit before each train_step
 
     def batches(self, epoch, generator):
         """The batches of one epoch, in an order drawn from `generator` (seeded by (seed, epoch))."""
@@ -231,8 +232,9 @@ class Run:
             epoch, offset = epoch + 1, 0
 
     def rollback(self, err, rollbacks):
+        factor = self.lr_factor  # each rollback halves the rate again: last.pt holds the rate before them
         self.load_last()
-        self.lr_factor /= 2
+        self.lr_factor = factor / 2
         tqdm.write(f"step {self.step}: {err}; rolled back to {self.last} (rollback {rollbacks}), "
                    f"learning rate x{self.lr_factor:g}")
 
@@ -280,6 +282,7 @@ def fit(task, opts):
     while run.step < opts.total_steps:
         epoch, batch = next(stream)
         run.set_lr()
+        task.step = run.step  # the step about to be taken, for schedules inside the step (e.g. KL warm-up)
         try:
             stats = task.train_step(batch)
         except TrainingDiverged as err:

@@ -62,8 +62,15 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def _one_line_error(parser, message):
+    """argparse's error, in the project's one-line form (its default adds the whole usage text)."""
+    print(f"error: {message} (see {parser.prog} --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def add_common_args(parser):
-    """The flags every script shares."""
+    """The flags every script shares (and one-line errors for bad flags)."""
+    parser.error = functools.partial(_one_line_error, parser)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where to run: auto picks CUDA, then MPS, then CPU (default: auto)")
     parser.add_argument("--data_root", default=None,
@@ -110,10 +117,10 @@ def probability(text):
 def save_image_grid(images, path, nrow=10):
     """Write images (N, 1, 28, 28) in [0, 1] as one PNG grid, `nrow` images per row."""
     from torchvision.utils import save_image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.detach().float().cpu().clamp(0, 1), path, nrow=nrow, padding=2, pad_value=1.0)
-    return path
+    from mnistgen.files import atomic_write
+    with atomic_write(path) as tmp:
+        save_image(images.detach().float().cpu().clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
+    return Path(path)
 
 
 class CsvLog:
@@ -142,9 +149,11 @@ class CsvLog:
         rows = self.rows()
         kept = [r for r in rows if float(r[key]) <= last]
         if len(kept) < len(rows):
-            self.path.unlink()
-            for row in kept:
-                self.write(**row)
+            from mnistgen.files import atomic_write
+            with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(kept)
 
 
 def plot_curves(rows, x_key, panels, path, title=None):
@@ -167,7 +176,8 @@ def plot_curves(rows, x_key, panels, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    from mnistgen.files import atomic_write
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path

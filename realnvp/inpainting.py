@@ -8,7 +8,7 @@ img_011.png, ... written into --savedir (inpainting_images/ of the current direc
 MSE between recovery and raw images over the masked half and over all pixels, and the same for
 the masked input. --split test runs the same protocol on test images; --baseline also prints the
 nearest-neighbour baseline (the bottom half of the training image whose top half is closest,
-never the image itself).
+never the image itself). It ends by saying where the pictures are.
 """
 import argparse
 import json
@@ -21,13 +21,15 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
-from mnistgen.utils import MODELS_DIR, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid
-from realnvp import inpaint_mse, load_flow, masked_inputs, nearest_neighbour, run_inpainting
+from mnistgen.files import atomic_write_text, ensure_writable, ensure_writable_dir
+from mnistgen.utils import add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
+from realnvp import DEFAULT_PATH, inpaint_mse, load, masked_inputs, nearest_neighbour, run_inpainting
+
 
 def build_parser():
     p = add_common_args(argparse.ArgumentParser(description=__doc__,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--load_path", default=str(MODELS_DIR / "realnvp.pt"),
+    p.add_argument("--load_path", default=str(DEFAULT_PATH),
                    help="checkpoint file or folder (default: models/realnvp.pt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the dequantization and mask noise (default: 0)")
     p.add_argument("--num_images", type=positive_int, default=100, help="images to inpaint (default: 100)")
@@ -44,18 +46,22 @@ def build_parser():
 @run_cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    savedir = ensure_writable_dir(args.savedir, "picture folder (--savedir)")
+    for path, flag in [(args.json, "--json"), (args.figure, "--figure")]:
+        if path:
+            ensure_writable(path, flag)
     device = pick_device(args.device)
-    model, _ = load_flow(args.load_path, device)   # eval mode, shipped batch-norm statistics
+    model = load(args.load_path, device)   # eval mode, shipped batch-norm statistics
     images = load_mnist(train=args.split == "train", data_root=args.data_root)[0]
-    if args.num_images > len(images):
-        raise UserError(f"--num_images {args.num_images} exceeds the {len(images)} {args.split} images")
-    raw, corrupted, mask = masked_inputs(images[: args.num_images], args.seed)
-    savedir = Path(args.savedir)
-    savedir.mkdir(parents=True, exist_ok=True)
+    images = take_first(images, args.num_images, f"{args.split} images")
+    # One generator for the protocol's noise, in the order of the original script, which seeded the
+    # global one: dequantization, Bernoulli bottom halves, then the prior samples of img_sample.png.
+    gen = torch.Generator().manual_seed(args.seed)
+    raw, corrupted, mask = masked_inputs(images, gen)
     shown = min(100, args.num_images)
     with torch.no_grad():
-        samples = torch.sigmoid(model.sample(shown).view(-1, 1, 28, 28))
-    save_image_grid(samples, savedir / "img_sample.png")
+        samples = torch.sigmoid(model.sample(noise=torch.randn(shown, model.num_inputs, generator=gen)))
+    save_image_grid(samples.view(-1, 1, 28, 28), savedir / "img_sample.png")
     save_image_grid(raw[:shown].view(-1, 1, 28, 28), savedir / "img_raw.png")
     save_image_grid(corrupted[:shown].view(-1, 1, 28, 28), savedir / "img_masked.png")
     recovered = run_inpainting(model, corrupted, mask, savedir)
@@ -71,13 +77,14 @@ def main(argv=None):
         result["nearest_neighbour"] = inpaint_mse(nearest_neighbour(raw, train_images, exclude), raw)
         print(f"  nearest-neighbour baseline MSE masked half {result['nearest_neighbour']['masked']:.4f}, "
               f"all pixels {result['nearest_neighbour']['all']:.4f}")
+    print(f"pictures in {savedir.resolve()}: img_sample.png, img_raw.png, img_masked.png, "
+          "img_001.png ... img_991.png (every 10 steps)")
     if args.figure:
         n = min(10, args.num_images)
         rows = torch.cat([raw[:n], corrupted[:n], recovered[:n]]).view(-1, 1, 28, 28)
-        save_image_grid(rows, args.figure, nrow=n)
+        print(f"raw / masked / recovered rows in {save_image_grid(rows, args.figure, nrow=n)}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"figures in {atomic_write_text(args.json, json.dumps(result, indent=2))}")
     return result
 
 

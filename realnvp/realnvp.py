@@ -3,7 +3,7 @@
 Every module maps a flat batch (B, 784) to (B, 784) and its `forward(inputs, mode)` returns
 `(outputs, logdet)` with logdet of shape (B, 1): 'direct' is x -> z, 'inverse' is z -> x.
 
-Three architectures share these modules (`build_flow(config)` builds each):
+Three architectures share these modules (`build(RealNVPConfig(arch=...))` builds each):
 - "mlp": the skeleton's flow: blocks of CouplingLayer (MLP scale/translate nets on alternating
   even/odd and first/second-half masks), BatchNormFlow, Shuffle.
 - "conv": a small multi-scale RealNVP (paper, Sec. 3.6). The flat vector keeps an "active
@@ -17,9 +17,11 @@ Masks, permutations and the prior's parameters are registered buffers, so a mode
 state_dict samples and inpaints at once. Data: pixels dequantized and rescaled to
 [0.0001, 0.9999] (see `preprocess`); the flow models their logits.
 """
+import dataclasses
 import math
 import os
 import tempfile
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -28,29 +30,49 @@ import torch.nn.functional as F
 import torchvision
 from torch.distributions.normal import Normal
 
-__all__ = ["BatchNormFlow", "Shuffle", "CouplingLayer", "ConvCouplingLayer", "FlowSequential",
-           "build_flow", "preprocess", "bits_per_dim", "evaluate_bpd", "recompute_batchnorm", "load_flow",
-           "masked_inputs", "inpaint_mse", "nearest_neighbour", "run_inpainting",
-           "KIND", "CHECKPOINT_NAMES", "NUM_INPUTS", "CONFIGS", "DEFAULT_CONFIG", "CONV_CONFIG", "MLP_CONFIG",
-           "SPLIT_CONFIG"]
+from mnistgen.checkpoint import load_model
+from mnistgen.utils import MODELS_DIR
 
 KIND = "realnvp"
-CHECKPOINT_NAMES = ("realnvp.pt", "checkpoint_best.pt", "best.pt")
+DEFAULT_PATH = MODELS_DIR / "realnvp.pt"
+CHECKPOINT_NAMES = ("realnvp.pt", "checkpoint_best.pt", "best.pt")   # looked for in a folder given as the path
 NUM_INPUTS = 28 * 28
 LO, HI = 0.0001, 0.9999
 
-# The three architectures' settings; `python realnvp/train.py --arch A` starts from CONFIGS[A].
-# Whole-image multi-scale conv flow (the first shipped model: good bits/dim, poor inpainting).
-CONV_CONFIG = dict(arch="conv", hidden=(8, 24, 48), res_blocks=1, checker=(1, 2, 3), channel=(2, 2),
-                   bn_momentum=0.1)
-# The skeleton's MLP flow (42M parameters at 1024 hidden units).
-MLP_CONFIG = dict(arch="mlp", num_hidden=1024, num_blocks=8, bn_momentum=0.1)
-# Conv flow on the top half x Gaussian p(bottom | top) (see _split_modules): the shipped architecture,
-# chosen by measurement (realnvp/README.md).
-SPLIT_CONFIG = dict(arch="split", num_hidden=512, hidden=(16, 48), res_blocks=1, checker=(2, 3), channel=(2,),
-                    bn_momentum=0.1)
-CONFIGS = {"split": SPLIT_CONFIG, "conv": CONV_CONFIG, "mlp": MLP_CONFIG}
-DEFAULT_CONFIG = SPLIT_CONFIG
+
+@dataclasses.dataclass
+class RealNVPConfig:
+    """The flow's constructor settings; the defaults are the shipped "split" flow (chosen by measurement,
+    realnvp/README.md). `arch` picks the architecture; each reads only its fields (ARCH_FIELDS)."""
+    arch: str = "split"                   # split, conv or mlp (module docstring)
+    num_hidden: int = 512                 # mlp: hidden units of every coupling; split: of the bottom-half coupling
+    hidden: Tuple[int, ...] = (16, 48)    # conv/split: channels of the coupling nets, one per resolution
+    res_blocks: int = 1                   # conv/split: residual blocks per coupling net
+    checker: Tuple[int, ...] = (2, 3)     # conv/split: checkerboard couplings per resolution
+    channel: Tuple[int, ...] = (2,)       # conv/split: channel couplings after each squeeze
+    num_blocks: int = 8                   # mlp: (coupling, batch norm, shuffle) blocks
+    bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
+
+    def __post_init__(self):
+        if self.arch not in ARCH_FIELDS:
+            raise ValueError(f"unknown architecture {self.arch!r} (expected one of {', '.join(ARCH_FIELDS)})")
+        levels = LEVELS.get(self.arch)
+        if levels and (len(self.hidden), len(self.checker), len(self.channel)) != (levels, levels, levels - 1):
+            raise ValueError(f"arch {self.arch}: hidden and checker take {levels} values (one per resolution), "
+                             f"channel {levels - 1}")
+
+
+# The fields each architecture reads, and the resolutions of the multi-scale ones (conv: 28x28, 14x14,
+# 7x7; split: the top half at 14x28, 7x14).
+ARCH_FIELDS = {"split": ("num_hidden", "hidden", "res_blocks", "checker", "channel", "bn_momentum"),
+               "conv": ("hidden", "res_blocks", "checker", "channel", "bn_momentum"),
+               "mlp": ("num_hidden", "num_blocks", "bn_momentum")}
+LEVELS = {"conv": 3, "split": 2}
+# `python realnvp/train.py --arch A` starts from PRESETS[A]. conv: the whole-image multi-scale flow (the
+# first shipped model: good bits/dim, poor inpainting); mlp: the skeleton's MLP flow (42M parameters).
+PRESETS = {"split": RealNVPConfig(),
+           "conv": RealNVPConfig(arch="conv", hidden=(8, 24, 48), checker=(1, 2, 3), channel=(2, 2)),
+           "mlp": RealNVPConfig(arch="mlp", num_hidden=1024)}
 
 
 def _zeros_logdet(inputs):
@@ -290,7 +312,7 @@ class FlowSequential(nn.Sequential):
 
 
 # ---------------------------------------------------------------------------------------------
-# Building the two architectures
+# Building the three architectures
 
 
 def _squeeze_perm(shape, num_inputs):
@@ -379,35 +401,25 @@ def _skeleton_init(modules):
     return modules
 
 
-def build_flow(config, device="cpu"):
-    """A FlowSequential from a config dict (stored in every checkpoint)."""
-    config = dict(config)
-    arch = config.get("arch", "conv")
-    if arch == "conv":
-        modules = _conv_modules(tuple(config["hidden"]), int(config["res_blocks"]), tuple(config["checker"]),
-                                tuple(config["channel"]), float(config["bn_momentum"]))
-    elif arch == "mlp":
-        modules = _skeleton_init(_mlp_modules(int(config["num_hidden"]), int(config["num_blocks"]),
-                                              float(config["bn_momentum"])))
-    elif arch == "split":
-        modules = _skeleton_init(_split_modules(int(config["num_hidden"]), tuple(config["hidden"]),
-                                                int(config["res_blocks"]), tuple(config["checker"]),
-                                                tuple(config["channel"]), float(config["bn_momentum"])))
+def build(config):
+    """The FlowSequential a RealNVPConfig describes (on the CPU, in training mode)."""
+    c = config
+    if c.arch == "conv":
+        modules = _conv_modules(c.hidden, c.res_blocks, c.checker, c.channel, c.bn_momentum)
+    elif c.arch == "mlp":
+        modules = _skeleton_init(_mlp_modules(c.num_hidden, c.num_blocks, c.bn_momentum))
+    else:
+        modules = _skeleton_init(_split_modules(c.num_hidden, c.hidden, c.res_blocks, c.checker, c.channel,
+                                                c.bn_momentum))
         for net in (modules[0].scale_net, modules[0].translate_net):
             nn.init.zeros_(net[-1].weight)   # the bottom-half coupling starts as the identity
-    else:
-        raise ValueError(f"unknown architecture {arch!r}")
-    return FlowSequential(device, *modules)
+    return FlowSequential(None, *modules)
 
 
-def load_flow(path, device="cpu"):
-    """Rebuild a flow from a checkpoint (file or folder); returns (model in eval mode, checkpoint)."""
-    from mnistgen.checkpoint import load_checkpoint, load_state
-    ckpt = load_checkpoint(path, KIND, names=CHECKPOINT_NAMES)
-    model = build_flow(ckpt["config"])
-    load_state(model, ckpt["model"], path)
-    model.float().to(device).eval()
-    return model, ckpt
+def load(path=DEFAULT_PATH, device="cpu"):
+    """The flow of a checkpoint (a file, or a folder holding one of CHECKPOINT_NAMES) in eval mode, with
+    its stored batch-norm statistics; a bad file is a one-line CheckpointError."""
+    return load_model(path, KIND, RealNVPConfig, build, CHECKPOINT_NAMES, device=device)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,14 +445,15 @@ def logit_logdet(x):
     return -(torch.log(x) + torch.log1p(-x)).sum(-1, keepdim=True)
 
 
-def bits_per_dim(model, x, log_scale):
+def bits_per_dim(model, x, log_scale, log_probs=None):
     """Bits/dim in 8-bit pixel space v = 256 d (d: dequantized pixel in [0, 1 + 1/256)).
 
-    log p(v) = log p_flow(logit x) + log|d logit/dx| + D log(scale) - D log 256.
-    Returns a (B,) tensor.
+    log p(v) = log p_flow(logit x) + log|d logit/dx| + D log(scale) - D log 256, with log p_flow =
+    `log_probs` when already computed (B, 1), else model.log_probs(x). Returns a (B,) tensor.
     """
     dim = x.size(1)
-    log_p = model.log_probs(x) + logit_logdet(x) + dim * log_scale - dim * math.log(256.)
+    log_probs = model.log_probs(x) if log_probs is None else log_probs
+    log_p = log_probs + logit_logdet(x) + dim * log_scale - dim * math.log(256.)
     return -log_p.squeeze(1) / (dim * math.log(2.))
 
 
@@ -492,16 +505,16 @@ def evaluate_bpd(model, images, batch_size=500, seed=1234):
 HALF = 392  # pixels of the top half; the bottom half (392:) is masked
 
 
-def masked_inputs(images, seed):
+def masked_inputs(images, generator):
     """(raw x (N, 784), masked copy, bool mask (N, 784)) of the graders' protocol: dequantized and
-    rescaled images, bottom half replaced by Bernoulli(0.5) values rescaled to [LO, HI]."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    x, _ = preprocess(images)
+    rescaled images, bottom half replaced by Bernoulli(0.5) values rescaled to [LO, HI]. The noise
+    comes from `generator` (a CPU torch.Generator): a fresh one seeded with s draws exactly what the
+    global generator drew after torch.manual_seed(s)."""
+    x, _ = preprocess(images, generator)
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[:, HALF:] = True
     corrupted = x.clone()
-    noise = torch.bernoulli(torch.full((x.size(0), x.size(1) - HALF), 0.5))
+    noise = torch.bernoulli(torch.full((x.size(0), x.size(1) - HALF), 0.5), generator=generator)
     corrupted[:, HALF:] = noise * (HI - LO) + LO
     return x, corrupted, mask
 

@@ -106,6 +106,11 @@ def test_divergence_rolls_back_at_half_the_learning_rate(tmp_path, capsys):
     assert state["lr_factor"] == 0.5 and state["step"] == 48
 
 
+def test_each_rollback_halves_the_rate_again(tmp_path):
+    fit(ToyTask(fail_at={20, 21}), options(tmp_path))
+    assert load_checkpoint(tmp_path / "run" / "last.pt", "toy")["lr_factor"] == 0.25
+
+
 def test_repeated_divergence_gives_up_but_stop_early_ships(tmp_path):
     with pytest.raises(TrainingDiverged, match="gave up after 3 rollbacks"):
         fit(ToyTask(fail_at={10, 11, 12, 13}), options(tmp_path / "a"))
@@ -129,7 +134,7 @@ def test_resume_from_a_weights_only_checkpoint_is_a_clear_error(tmp_path):
 
 def test_stale_temporaries_are_removed(tmp_path):
     (tmp_path / "run").mkdir()
-    stale = tmp_path / "run" / ".last.pt.999.tmp"
+    stale = tmp_path / "run" / f".last.pt.{2 ** 22 + 1}.tmp"  # a pid no process has
     stale.write_bytes(b"x" * 100)
     fit(ToyTask(), options(tmp_path, steps=8))
     assert not stale.exists()

@@ -1,20 +1,75 @@
-"""Class-conditional VAE: shapes, loss, a smoke run of the script, its errors, and the shipped checkpoint."""
-import torch
-import pytest
+"""Class-conditional VAE: the starter's layout, the loss, smoke runs of the script, its bad inputs, atomic
+samples files, and the shipped checkpoint (slow)."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 
-import vae.vae as vae_module
-from mnistgen.checkpoint import save_checkpoint
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vae.evaluate
+from conftest import REPO_ROOT, assert_one_line_error, run_script
+from mnistgen.checkpoint import half_state, load_checkpoint, save_checkpoint
 from mnistgen.data import load_mnist
-from vae.vae import CVAE, DEFAULT_PATH, generate_samples, kl_divergence, load_vae, main, negative_elbo
+from mnistgen.files import ensure_writable
+from vae import CVAE, DEFAULT_PATH, KIND, VAEConfig, build, figures, generate_samples, load, main, negative_elbo
+from vae.vae import IMG_SIZE, LABEL_SIZE, LATENT_SIZE, kl_divergence
+
+CONFIG = VAEConfig(IMG_SIZE, LABEL_SIZE, LATENT_SIZE)
 
 
 def one_hot(labels):
     return torch.nn.functional.one_hot(labels, 10).float()
 
 
+class StarterCVAE(nn.Module):
+    """The starter's CVAE.__init__ as handed out (names, shapes, Sequential layouts), with its TODO
+    `recon_logstd = None` filled in as this project does: one learned scalar."""
+
+    def __init__(self, img_size, label_size, latent_size, hidden_size=256):
+        super().__init__()
+        self.img_size, self.label_size = img_size, label_size
+        self.latent_size, self.hidden_size = latent_size, hidden_size
+        self.enc_img_fc = nn.Linear(int(np.prod(self.img_size)), self.hidden_size)
+        self.enc_label_fc = nn.Linear(self.label_size, self.hidden_size)
+        self.encoder = nn.Sequential(
+            nn.Linear(2 * self.hidden_size, 2 * self.hidden_size), nn.ReLU(),
+            nn.Linear(2 * self.hidden_size, 2 * self.hidden_size), nn.ReLU(),
+        )
+        self.z_mean = nn.Linear(2 * self.hidden_size, self.latent_size)
+        self.z_logstd = nn.Linear(2 * self.hidden_size, self.latent_size)
+        self.dec_latent_fc = nn.Linear(self.latent_size, self.hidden_size)
+        self.dec_label_fc = nn.Linear(self.label_size, self.hidden_size)
+        self.decoder = nn.Sequential(
+            nn.Linear(2 * self.hidden_size, 2 * self.hidden_size), nn.ReLU(),
+            nn.Linear(2 * self.hidden_size, 2 * self.hidden_size), nn.ReLU(),
+            nn.Linear(2 * self.hidden_size, int(np.prod(self.img_size))), nn.Sigmoid(),
+        )
+        self.recon_logstd = nn.Parameter(torch.zeros(()))
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+def test_starter_layout_names_and_widths():
+    model = CVAE((1, 28, 28), 10, 100)
+    starter = StarterCVAE((1, 28, 28), 10, 100)
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in starter.state_dict().items()}
+    starter.load_state_dict(model.state_dict())  # strict: same keys, same shapes
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert shapes == [(256, 784), (256, 10), (512, 512), (512, 512), (100, 512), (100, 512),
+                      (256, 100), (256, 10), (512, 512), (512, 512), (784, 512)]
+    wide = CVAE((1, 28, 28), 10, 100, hidden_size=64)  # the trunks are 2 * hidden_size wide
+    assert wide.encoder[0].weight.shape == (128, 128) and wide.decoder[4].weight.shape == (784, 128)
+
+
 def test_shapes_and_ranges():
     torch.manual_seed(0)
-    model = CVAE(784, 10, 100)
+    model = build(CONFIG)
     x, y = torch.rand(8, 1, 28, 28), one_hot(torch.arange(8))
     mean, logstd = model.encode(x, y)
     assert mean.shape == logstd.shape == (8, 100)
@@ -25,11 +80,26 @@ def test_shapes_and_ranges():
     assert not imgs.requires_grad
 
 
+def test_temperature_scales_the_latent_and_travels_with_the_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build(VAEConfig(IMG_SIZE, LABEL_SIZE, LATENT_SIZE, temperature=0.5)).eval()
+    z, y = torch.randn(4, 100), one_hot(torch.arange(4))
+    assert torch.equal(model.sample(z, y), model.decode(0.5 * z, y).reshape(-1, 1, 28, 28))
+    config = VAEConfig(IMG_SIZE, LABEL_SIZE, LATENT_SIZE, temperature=0.5)
+    save_checkpoint(tmp_path / "t.pt", KIND, config, model=model.state_dict())
+    loaded = load(tmp_path / "t.pt")
+    assert loaded.temperature == 0.5 and not loaded.training
+    assert torch.equal(loaded.sample(z, y), model.sample(z, y))
+    assert load_checkpoint(tmp_path / "t.pt", KIND)["config"]["img_size"] == (1, 28, 28)
+
+
 def test_generate_samples_layout():
     torch.manual_seed(0)
-    samples = generate_samples(CVAE(784, 10, 100), 3, "cpu")
+    model = build(CONFIG)
+    samples = generate_samples(model, 3, "cpu")
     assert samples["imgs"].shape == (30, 1, 28, 28)
     assert samples["labels"].tolist() == list(range(10)) * 3  # rows of 10: column c = class c
+    assert not model.training  # the starter's body puts the model in eval mode
 
 
 def test_kl_matches_torch_distributions():
@@ -45,7 +115,7 @@ def test_elbo_goes_down_on_a_fixed_batch():
     torch.manual_seed(0)
     images, labels = load_mnist(train=True)
     x, y = images[:64], one_hot(labels[:64])
-    model = CVAE(784, 10, 100)
+    model = build(CONFIG)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     first = None
     for _ in range(60):
@@ -58,69 +128,248 @@ def test_elbo_goes_down_on_a_fixed_batch():
     assert stats["nelbo"] < first - 100  # nats per image
 
 
+# ---------------------------------------------------------------------------------------------- the script
+
+SMOKE = ["--limit", "256", "--batch_size", "64", "--num_epochs", "2", "--check_per_class", "0", "--kl_warmup", "1",
+         "--device", "cpu"]
+
+
+def _stamp(path):
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One epoch on 256 images (no per-epoch classifier checks) -> (tmp dir, checkpoint path)."""
+    """Two epochs on 256 images without the per-epoch classifier checks: once in one go, once stopped by
+    --max_minutes after its first step (no --save_path) and then resumed -> (tmp dir, shipped checkpoint of
+    the resumed run, models/vae.pt's bytes and mtime before)."""
     tmp = tmp_path_factory.mktemp("vae")
-    flags = ["--limit", "256", "--batch_size", "64", "--check_per_class", "0", "--kl_warmup", "1",
-             "--logdir", str(tmp / "run"), "--save_path", str(tmp / "vae.pt"), "--device", "cpu"]
-    main(flags + ["--num_epochs", "1"])
-    main(flags + ["--num_epochs", "2", "--resume"])
-    return tmp, tmp / "vae.pt"
+    before = _stamp(DEFAULT_PATH) if DEFAULT_PATH.exists() else None
+    main(SMOKE + ["--logdir", str(tmp / "whole"), "--save_path", str(tmp / "whole.pt")])
+    main(SMOKE + ["--logdir", str(tmp / "run"), "--max_minutes", "1e-9"])
+    main(SMOKE + ["--logdir", str(tmp / "run"), "--resume", "--save_path", str(tmp / "vae.pt")])
+    return tmp, tmp / "vae.pt", before
 
 
-def test_smoke_run_logs_and_resumes(tiny_run):
-    tmp, ckpt = tiny_run
-    assert ckpt.is_file() and (tmp / "run" / "last.pt").is_file()
-    assert (tmp / "run" / "curves.png").is_file() and (tmp / "run" / "grids" / "epoch_002.png").is_file()
-    rows = (tmp / "run" / "log.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("epoch,train_nelbo") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
-    model = load_vae(ckpt)
-    assert model.recon_logstd.dtype == torch.float32  # fp16 weights cast back on load
+def test_smoke_run_logs_resumes_exactly_and_ships_only_where_asked(tiny_run):
+    tmp, ckpt, before = tiny_run
+    run = tmp / "run"
+    assert (run / "last.pt").is_file() and (run / "curves.png").is_file()
+    assert (run / "grids" / "epoch_002.png").is_file()
+    assert (run / "shipped.pt").is_file()  # the interrupted run shipped into its run folder only ...
+    if before is not None:
+        assert _stamp(DEFAULT_PATH) == before  # ... never to models/vae.pt
+    rows = [r.split(",") for r in (run / "log.csv").read_text().strip().splitlines()]
+    whole = [r.split(",") for r in (tmp / "whole" / "log.csv").read_text().strip().splitlines()]
+    assert rows[0][:3] == ["step", "epoch", "train_nelbo"] and rows[0] == whole[0]
+    assert [r[:2] for r in whole[1:]] == [["4", "1"], ["8", "2"]]  # 256 images, batches of 64
+    assert [r[:2] for r in rows[1:]] == [["1", "1"], ["4", "1"], ["8", "2"]]  # + the evaluation at the stop
+    assert rows[-1][:-1] == whole[-1][:-1]  # the last epoch's row, all but the minutes
+    shipped, uninterrupted = load_checkpoint(ckpt, KIND), load_checkpoint(tmp / "whole.pt", KIND)
+    assert shipped["epoch"] == 2 and shipped["model"]["recon_logstd"].dtype == torch.float16
+    assert all(torch.equal(shipped["model"][k], v) for k, v in uninterrupted["model"].items())
+    model = load(ckpt)
+    assert model.recon_logstd.dtype == torch.float32 and model.temperature == VAEConfig.temperature
 
 
-def test_eval_writes_the_assignment_format(tiny_run, monkeypatch, capsys):
-    tmp, ckpt = tiny_run
-    monkeypatch.setattr(vae_module, "try_scorer", lambda device, data_root: None)  # keep the test fast
-    main(["--eval", "--load_path", str(ckpt), "--samples_path", str(tmp / "s.pt"),
-          "--grid_path", str(tmp / "grid.png"), "--device", "cpu"])
-    samples = torch.load(tmp / "s.pt", weights_only=True)
+def test_eval_writes_the_assignment_format(tiny_run, tmp_path, monkeypatch, capsys):
+    _, ckpt, _ = tiny_run
+    monkeypatch.setattr(vae.evaluate, "try_scorer", lambda device, data_root: None)  # keep the test fast
+    monkeypatch.chdir(tmp_path)
+    main(["--eval", "--load_path", str(ckpt), "--device", "cpu"])
+    samples = torch.load(tmp_path / "vae_generated_samples.pt", weights_only=True)
     assert set(samples) == {"imgs", "labels"}
     assert samples["imgs"].shape == (10000, 1, 28, 28) and samples["imgs"].dtype == torch.float32
     assert 0 <= samples["imgs"].min() and samples["imgs"].max() <= 1
     assert samples["labels"].dtype == torch.int64 and torch.bincount(samples["labels"]).tolist() == [1000] * 10
-    assert (tmp / "grid.png").is_file()
+    model = load(ckpt)
+    torch.manual_seed(42)  # --seed's default, set after the model is built: the starter's protocol
+    assert torch.equal(samples["imgs"], generate_samples(model, 1000, "cpu")["imgs"])
+    assert (tmp_path / "vae_generated_samples.png").is_file()  # the grid goes to the current folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_generated_samples.png", "vae_generated_samples.pt"]
     assert "active units" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["gan", "missing", "truncated"])
-def test_bad_checkpoints_exit_2_with_one_line(tiny_run, case, capsys):
-    tmp, ckpt = tiny_run
-    path = tmp / f"bad_{case}.pt"
-    if case == "gan":
-        save_checkpoint(path, "gan", {}, g={}, d={})
-    elif case == "truncated":
-        data = ckpt.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
+# ---------------------------------------------------------------------------------------------- bad inputs (issue 12)
+
+def _tiny_checkpoint(path, edit=None):
+    """A valid shipped-form checkpoint of a fresh model, optionally edited: edit(ckpt dict) in place."""
+    torch.manual_seed(0)
+    ckpt = {"kind": KIND, "config": dataclasses.asdict(CONFIG), "format": 1,
+            "model": half_state(build(CONFIG).state_dict()), "epoch": 1}
+    if edit is not None:
+        edit(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def _nan_weights(c):
+    c["model"] = {k: v * float("nan") for k, v in c["model"].items()}
+
+
+# issue 12's table: each row in a subprocess (exit code 2, one stderr line, no traceback)
+BAD_CHECKPOINTS = {
+    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
+    "config missing a required key": (lambda c: c["config"].pop("latent_size"), "config lacks ['latent_size']"),
+    "config value of the wrong type": (lambda c: c["config"].update(hidden_size="big"),
+                                       "hidden_size='big' is not a int"),
+    "no weights entry": (lambda c: c.pop("model"), "has no 'model' weights"),
+    "NaN weights": (_nan_weights, "holds NaN or infinite values"),
+    "wrong-shape tensor": (lambda c: c["model"].update({"z_mean.weight": torch.zeros(5, 5)}), "tensor z_mean.weight"),
+}
+# further bad checkpoints, in-process (the same run_cli path, without a second of interpreter start each)
+MORE_BAD_CHECKPOINTS = {
+    "config value out of range": (lambda c: c["config"].update(temperature=-1.0), "temperature must be"),
+    "another model's checkpoint": (lambda c: c.update(kind="gan"), "holds a checkpoint of the gan model"),
+    "missing file": (None, "no checkpoint at"),
+    "truncated file": (None, "truncated"),
+    "folder without a checkpoint": (None, "no checkpoint in folder"),
+}
+
+
+@pytest.fixture
+def eval_dir(tmp_path):
+    """A current folder holding the samples file of an earlier --eval, which a failed run must leave alone."""
+    previous = tmp_path / "vae_generated_samples.pt"
+    torch.save({"imgs": torch.zeros(10, 1, 28, 28), "labels": torch.arange(10)}, previous)
+    return tmp_path, previous, previous.read_bytes()
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS) + ["unwritable --grid_path"])
+def test_bad_eval_inputs_are_one_line_errors(case, eval_dir):
+    folder, previous, data = eval_dir
+    if case == "unwritable --grid_path":
+        (folder / "file.txt").write_text("a file, not a folder")
+        flags, message = ["--load_path", str(_tiny_checkpoint(folder / "good.pt")),
+                          "--grid_path", str(folder / "file.txt" / "g.png")], "cannot write"
+    else:
+        edit, message = BAD_CHECKPOINTS[case]
+        flags = ["--load_path", str(_tiny_checkpoint(folder / "bad.pt", edit))]
+    proc = run_script(["vae/vae.py", "--eval", "--device", "cpu", *flags], cwd=folder)
+    assert_one_line_error(proc, message)
+    assert previous.read_bytes() == data and not (folder / "vae_generated_samples.png").exists()
+
+
+@pytest.mark.parametrize("case", list(MORE_BAD_CHECKPOINTS))
+def test_more_bad_checkpoints_in_process(case, eval_dir, monkeypatch, capsys):
+    folder, previous, data = eval_dir
+    edit, message = MORE_BAD_CHECKPOINTS[case]
+    path = {"missing file": folder / "nope.pt", "folder without a checkpoint": folder}.get(case, folder / "bad.pt")
+    if edit is not None:
+        _tiny_checkpoint(path, edit)
+    elif case == "truncated file":
+        good = _tiny_checkpoint(folder / "good.pt").read_bytes()
+        path.write_bytes(good[: len(good) // 2])
+    monkeypatch.chdir(folder)
     with pytest.raises(SystemExit) as exc:
-        main(["--eval", "--load_path", str(path), "--samples_path", str(tmp / "never.pt")])
-    assert exc.value.code == 2
+        main(["--eval", "--load_path", str(path), "--device", "cpu"])
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and len(err.splitlines()) == 1
-    assert not (tmp / "never.pt").exists()
+    assert exc.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and message in err, err
+    assert previous.read_bytes() == data and not (folder / "vae_generated_samples.png").exists()
 
 
-def test_shipped_checkpoint_quality():
-    """The exact 10,000 samples of `--eval` (seed 42): accuracy >= 99% and per-class FID below the
-    collapsed reference (3.6). All 10,000 rather than 1,000: at 99.1% true accuracy a 1,000-sample
-    subset falls under 99% by chance about a third of the time."""
-    if not DEFAULT_PATH.exists():
-        pytest.skip("models/vae.pt not shipped yet")
-    from classifier.model import get_scorer
+@pytest.mark.parametrize("case", ["resume from a weights-only checkpoint", "unwritable --save_path",
+                                  "unwritable --logdir", "unwritable --figures_dir"])
+def test_bad_training_outputs_are_one_line_errors(case, tmp_path):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    (tmp_path / "run").mkdir()
+    _tiny_checkpoint(tmp_path / "run" / "last.pt")
+    blocked = str(tmp_path / "file.txt" / "out")
+    flags, message = {
+        "resume from a weights-only checkpoint": (["--resume"], "not a training state"),
+        "unwritable --save_path": (["--save_path", blocked + ".pt"], "cannot write"),
+        "unwritable --logdir": (["--logdir", blocked], "cannot write"),
+        "unwritable --figures_dir": (["--figures_dir", blocked], "cannot write"),
+    }[case]
+    before = _stamp(tmp_path / "run" / "last.pt")
+    proc = run_script(["vae/vae.py", *SMOKE, "--logdir", str(tmp_path / "run"), *flags])
+    assert_one_line_error(proc, message)
+    assert _stamp(tmp_path / "run" / "last.pt") == before
+
+
+# ---------------------------------------------------------------------------------------------- killed writes
+
+def test_failed_samples_write_keeps_the_previous_file(eval_dir, monkeypatch):
+    """torch.save dies half-way through the new samples file: the previous one is intact and no temporary is left."""
+    folder, previous, data = eval_dir
+    ckpt = _tiny_checkpoint(folder / "tiny.pt")
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as out:
+            out.truncate(os.path.getsize(f) // 2)
+        raise RuntimeError("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    monkeypatch.chdir(folder)
+    with pytest.raises(RuntimeError, match="killed mid-write"):
+        main(["--eval", "--load_path", str(ckpt), "--device", "cpu"])
+    assert previous.read_bytes() == data
+    assert torch.load(previous, weights_only=True)["imgs"].shape == (10, 1, 28, 28)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_kill_9_during_the_samples_write_keeps_the_previous_file(eval_dir):
+    """`kill -9` once the temporary samples file holds some bytes: vae_generated_samples.pt is still the previous
+    file (or, should the write win the race, the complete new one), never a truncated one; the next run's
+    up-front check removes the dead temporary."""
+    folder, previous, data = eval_dir
+    ckpt = _tiny_checkpoint(folder / "tiny.pt")
+    inode = previous.stat().st_ino
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "vae" / "vae.py"), "--eval", "--load_path", str(ckpt),
+                             "--device", "cpu"], cwd=folder, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial, deadline = [], time.time() + 120
+    try:  # poll until the temporary has bytes in it (or the new file is already in place)
+        while not partial and time.time() < deadline and proc.poll() is None and previous.stat().st_ino == inode:
+            partial = [e.path for e in os.scandir(folder) if e.name.endswith(".tmp") and e.stat().st_size > 0]
+            time.sleep(0.001)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    samples = torch.load(previous, weights_only=True)  # loadable, whenever the kill came
+    if partial:  # killed mid-write (the usual case: the write takes tens of milliseconds)
+        assert previous.read_bytes() == data
+    else:
+        assert previous.read_bytes() == data or samples["imgs"].shape == (10000, 1, 28, 28)
+    ensure_writable(previous)  # what the next --eval does first
+    assert not [e.name for e in os.scandir(folder) if e.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+
+@pytest.mark.slow
+def test_shipped_weights_load_into_the_starter_module():
+    ckpt = torch.load(DEFAULT_PATH, weights_only=True)
+    assert ckpt["kind"] == KIND and ckpt["config"] == dataclasses.asdict(CONFIG)
+    assert all(v.dtype == torch.float16 for v in ckpt["model"].values())
     assert DEFAULT_PATH.stat().st_size < 20e6
-    model = load_vae(DEFAULT_PATH)
-    torch.manual_seed(42)
-    samples = generate_samples(model, 1000, "cpu")
-    score = get_scorer("cpu").score(samples["imgs"], samples["labels"])
-    assert score["accuracy"] >= 0.99
-    assert score["class_fid"] < 3.0
+    starter = StarterCVAE((1, 28, 28), 10, 100)
+    starter.load_state_dict({k: v.float() for k, v in ckpt["model"].items()})  # strict
+    ours = load(DEFAULT_PATH)
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in starter.state_dict().items())
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_figures():
+    """The exact 10,000 samples of `--eval` (seed 42): accuracy >= 99% and per-class FID below the collapsed
+    reference. All 10,000 rather than 1,000: at 99.1% true accuracy a 1,000-sample subset falls under 99% by
+    chance about a third of the time."""
+    numbers = figures(load(DEFAULT_PATH), "cpu")
+    assert set(numbers) == {"accuracy", "class_fid", "floor_class_fid", "collapsed_class_fid"}
+    assert numbers["accuracy"] >= 0.99
+    assert numbers["floor_class_fid"] < numbers["class_fid"] < numbers["collapsed_class_fid"]
+
+
+@pytest.mark.slow
+def test_training_with_checks_picks_a_finalist(tmp_path, capsys):
+    """The per-epoch classifier checks, their snapshots and the end-of-run selection (uses models/classifier.pt)."""
+    flags = ["--limit", "256", "--batch_size", "64", "--check_per_class", "5", "--finalists", "1", "--num_epochs", "2",
+             "--device", "cpu", "--logdir", str(tmp_path / "run"), "--save_path", str(tmp_path / "vae.pt")]
+    main(flags)
+    out = capsys.readouterr().out
+    assert out.count("finalist epoch") in (1, 2) and "ships epoch" in out
+    assert len(list((tmp_path / "run" / "snapshots").iterdir())) == 2
+    assert load_checkpoint(tmp_path / "vae.pt", KIND)["epoch"] in (1, 2)

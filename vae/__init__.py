@@ -1,6 +1,10 @@
-"""Class-conditional VAE (Problem 3): `python vae/vae.py` trains, `--eval` samples and scores."""
-from .vae import (CVAE, DEFAULT_LOGDIR, DEFAULT_PATH, KIND, generate_samples, load_vae, main, negative_elbo, one_hot,
-                  report, try_scorer)
+"""Class-conditional VAE (Problem 3): `from vae import VAEConfig, build, load, figures, CVAE, generate_samples`.
 
-__all__ = ["CVAE", "DEFAULT_LOGDIR", "DEFAULT_PATH", "KIND", "generate_samples", "load_vae", "main", "negative_elbo",
-           "one_hot", "report", "try_scorer"]
+`python vae/vae.py` trains, `python vae/vae.py --eval` samples and scores.
+"""
+from .vae import (CHECKPOINT_NAMES, CVAE, DEFAULT_LOGDIR, DEFAULT_PATH, KIND, SEED, VAEConfig, build, generate_samples,
+                  load, main, negative_elbo, one_hot)
+from .evaluate import figures
+
+__all__ = ["VAEConfig", "CVAE", "build", "load", "figures", "generate_samples", "negative_elbo", "one_hot", "main",
+           "KIND", "DEFAULT_PATH", "DEFAULT_LOGDIR", "CHECKPOINT_NAMES", "SEED"]
