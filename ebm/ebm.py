@@ -6,25 +6,96 @@ from uniform noise or from a replay buffer of earlier negatives, with a contrast
 that lowers E on data and raises it on negatives, plus the L2 term alpha * (E(x+)^2 + E(x-)^2).
 Inpainting runs the same Langevin dynamics on the corrupted pixels only and averages several chains.
 """
+import dataclasses
 import math
 import random
 from collections import deque
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from mnistgen.checkpoint import load_checkpoint, load_state, save_checkpoint
-from mnistgen.utils import UserError
+from mnistgen.checkpoint import load_model, save_checkpoint
+from mnistgen.training import TrainingDiverged
+from mnistgen.utils import MODELS_DIR
 
-__all__ = ["MlpBackbone", "Trainer", "TrainingDiverged", "row_corruption", "KIND", "CHECKPOINT_NAMES", "INPAINT_DEFAULTS"]
+__all__ = ["EBMConfig", "MlpBackbone", "Trainer", "TrainingDiverged", "build", "load", "row_corruption", "KIND",
+           "CHECKPOINT_NAMES", "DEFAULT_PATH", "INPAINT_KEYS"]
 
 KIND = "ebm"
-CHECKPOINT_NAMES = ("ebm.pt", "ebm_train.pt")  # looked for when a folder is given
+DEFAULT_PATH = MODELS_DIR / "ebm.pt"
+CHECKPOINT_NAMES = ("ebm.pt", "shipped.pt", "best.pt")  # looked for when a folder (e.g. a run folder) is given
+INPAINT_KEYS = ("steps", "step_size", "noise_std", "chains", "grad_clip", "fidelity",  # `Trainer.inpainting`
+                "start_mix", "start_mix_clipped", "shifts")
 
-# Langevin settings of `Trainer.inpainting` (chosen on held-out training images, see ebm/README.md);
-# a checkpoint's config['inpaint'] overrides them.
-INPAINT_DEFAULTS = dict(steps=30, step_size=10.0, noise_std=0.0, chains=1, grad_clip=0.01, fidelity=0.0)
+
+@dataclasses.dataclass
+class EBMConfig:
+    """Everything that rebuilds a Trainer, stored in every checkpoint. The defaults are the settings that
+    trained the shipped model (ebm/README.md); the CLI reads them, the loader rebuilds from the stored dict.
+
+    The inpaint_* fields are the Langevin settings of `Trainer.inpainting` (chosen on held-out training
+    images with ebm/tune.py); ebm/export.py writes a checkpoint with other values."""
+    input_shape: Tuple[int, ...] = (1, 28, 28)
+    hidden_size: int = 512            # fixed by the starter
+    buffer_size: int = 10000
+    langevin_k: int = 20
+    langevin_noise_std: float = 0.005
+    langevin_lr: float = 10.0
+    replay_p: float = 0.95
+    lr: float = 1e-4
+    l2_coef: float = 1.0
+    proj_norm: Optional[float] = 0.01
+    inpaint_neg_p: float = 0.75       # fraction of task negatives (see Trainer)
+    inpaint_steps: int = 14
+    inpaint_step_size: float = 15.0
+    inpaint_noise_std: float = 0.0
+    inpaint_chains: int = 1
+    inpaint_grad_clip: float = 0.01   # inf: no clipping
+    inpaint_fidelity: float = 0.0
+    inpaint_start_mix: float = 0.5           # chains start at mix * observed + (1 - mix) * row interpolation ...
+    inpaint_start_mix_clipped: float = 0.7   # ... with this mix where the observation was clipped to 0 or 1
+    inpaint_shifts: Tuple[int, ...] = (0, 1, -1, 2, -2)  # horizontal shifts (pixels) the result is averaged over
+
+    def __post_init__(self):
+        for name in ("hidden_size", "buffer_size", "langevin_k", "inpaint_steps", "inpaint_chains"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("replay_p", "inpaint_neg_p", "inpaint_start_mix", "inpaint_start_mix_clipped"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+
+    def inpainting(self):
+        """The inpainting settings as `Trainer.inpaint_config` holds them: {steps: .., step_size: .., ...}."""
+        return {key: getattr(self, f"inpaint_{key}") for key in INPAINT_KEYS}
+
+
+def vertical_interpolation(x, mask):
+    """Each masked pixel becomes the mean of its unmasked neighbours above and below (the one there is at
+    the top and bottom rows; a masked pixel with none keeps its value). On the protocol's even rows this is
+    the row-interpolation baseline."""
+    known = (~mask).to(x.dtype)
+    pad = torch.zeros_like(x[..., :1, :])
+    above, above_known = torch.cat([pad, x[..., :-1, :]], -2), torch.cat([pad, known[..., :-1, :]], -2)
+    below, below_known = torch.cat([x[..., 1:, :], pad], -2), torch.cat([known[..., 1:, :], pad], -2)
+    count = above_known + below_known
+    interp = (above * above_known + below * below_known) / count.clamp(min=1)
+    return torch.where(mask & (count > 0), interp, x)
+
+
+def chain_start(observed, mask, mix, mix_clipped):
+    """Where the inpainting chains start: on masked pixels, mix * observed + (1 - mix) * interpolation.
+
+    The noisy rows are observations, not just noise: y = clip(x + 0.3 n, 0, 1) is an unbiased but noisy
+    reading where 0 < y < 1, while a reading of exactly 0 (or 1), as half the background pixels give, says
+    x is near 0 (or 1) far more surely, hence its own, larger weight `mix_clipped`. mix = mix_clipped = 1
+    starts at the corrupted image itself."""
+    clipped = (observed <= 0) | (observed >= 1)
+    weight = torch.where(clipped, torch.as_tensor(mix_clipped, dtype=observed.dtype),
+                         torch.as_tensor(mix, dtype=observed.dtype))
+    start = observed + (1 - weight) * (vertical_interpolation(observed, mask) - observed)
+    return torch.where(mask, start, observed).clamp(0, 1)
 
 
 def row_corruption(images, noise_std=0.3, generator=None):
@@ -34,10 +105,6 @@ def row_corruption(images, noise_std=0.3, generator=None):
     mask[..., 0::2, :] = True
     noise = torch.randn(images.shape, generator=generator).to(images.device)
     return torch.where(mask, images + noise_std * noise, images).clamp(0, 1), mask
-
-
-class TrainingDiverged(UserError):
-    """The energies blew up or became NaN: the current weights are garbage and must not be saved."""
 
 
 class MlpBackbone(nn.Module):
@@ -70,10 +137,14 @@ class Trainer:
     l2_coef: alpha of the regulariser alpha * (E(x+)^2 + E(x-)^2) that keeps energies near 0.
     proj_norm: radius of the L-infinity ball the Langevin gradient is projected onto, i.e. each
       pixel's gradient is clipped to [-proj_norm, proj_norm] (IGEBM uses 0.01); None: no clipping.
+    inpaint_neg_p: fraction of each batch's negatives that start from corrupted copies of the positives
+      and run Langevin on the corrupted rows only (task-aware CD; 0 = plain IGEBM).
+    inpaint: settings of `inpainting` ({steps, step_size, ...}: EBMConfig's inpaint_* fields).
+    The first ten arguments are the starter's; `build(EBMConfig(...))` passes them all.
     """
 
     def __init__(self, model: MlpBackbone, device, buffer_size, langevin_k, langevin_noise_std, langevin_lr,
-                 replay_p, lr, l2_coef=0., proj_norm=None):
+                 replay_p, lr, l2_coef=0., proj_norm=None, inpaint_neg_p=EBMConfig.inpaint_neg_p, inpaint=None):
         self.model = model
         self.device = torch.device(device)
         self.replay_buffer = deque(maxlen=buffer_size)
@@ -85,11 +156,9 @@ class Trainer:
         self.l2_coef = l2_coef
         self.proj_norm = proj_norm
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=lr, betas=(0.0, 0.999))  # IGEBM
-        self.inpaint_config = dict(INPAINT_DEFAULTS)
+        self.inpaint_config = {**EBMConfig().inpainting(), **(inpaint or {})}
         self.energy_limit = 1e4  # |E| beyond this (or NaN) counts as divergence
-        # Fraction of each batch's negatives that start from corrupted copies of the positives and run
-        # Langevin on the corrupted rows only (task-aware CD; 0 = plain IGEBM). Set after construction.
-        self.inpaint_neg_p = 0.0
+        self.inpaint_neg_p = inpaint_neg_p
         self.x_pos = None      # positive samples of the last step
         self.x_neg_init = None  # initial negatives of the last step
         self.x_neg = None      # negatives of the last step
@@ -201,74 +270,83 @@ class Trainer:
         """Recover corrupted pixels by Langevin sampling from the model restricted to them.
 
         corrupted: (B, C, H, W) in [0, 1]; mask: same shape, True where a pixel is corrupted and may
-        change. Each of `chains` chains starts at the corrupted image and runs `steps` Langevin steps
-        (step size `step_size`, noise `noise_std`, pixel gradient clipped to `grad_clip`, plus a pull
-        `fidelity * (corrupted - x)` towards the observation) on the masked pixels; the chains' average
-        (an estimate of the posterior mean, which minimises the expected squared error) is returned.
+        change. For each horizontal shift in `shifts` (the image rolled sideways by that many pixels: the
+        MLP energy is not shift-invariant, and its errors at neighbouring positions are partly independent)
+        `chains` chains start at `chain_start` (observation and row interpolation mixed) and run `steps`
+        Langevin steps (step size `step_size`, noise `noise_std`, pixel gradient clipped to `grad_clip`, plus
+        a pull `fidelity * (corrupted - x)` towards the observation) on the masked pixels; the average over
+        chains and shifts, rolled back (an estimate of the posterior mean, which minimises the expected
+        squared error), is returned.
         Unmasked pixels are returned bit for bit unchanged and the result lies in [0, 1]. Settings default
         to `self.inpaint_config`; keywords override them.
         """
         cfg = {**self.inpaint_config, **{k: v for k, v in overrides.items() if v is not None}}
-        unknown = set(cfg) - set(INPAINT_DEFAULTS)
+        unknown = set(cfg) - set(INPAINT_KEYS)
         if unknown:
             raise TypeError(f"unknown inpainting settings: {sorted(unknown)}")
         self.model.eval()
         corrupted = corrupted.to(self.device)
         mask = torch.as_tensor(mask, device=self.device).bool().expand_as(corrupted)
-        chains = int(cfg["chains"])
-        x = corrupted.clamp(0, 1).repeat(chains, 1, 1, 1)
-        fmask = mask.repeat(chains, 1, 1, 1).float()
-        x = self._langevin(x, int(cfg["steps"]), cfg["step_size"], cfg["noise_std"], mask=fmask,
-                           generator=generator, grad_clip=cfg["grad_clip"], anchor=x.clone(),
+        chains, shifts = int(cfg["chains"]), [int(s) for s in cfg["shifts"]]
+        # one chain per (chain, shift): the image rolled sideways by `shift` pixels, rolled back afterwards
+        observed = torch.cat([corrupted.clamp(0, 1).roll(s, dims=-1) for s in shifts]).repeat(chains, 1, 1, 1)
+        shifted_mask = torch.cat([mask.roll(s, dims=-1) for s in shifts]).repeat(chains, 1, 1, 1)
+        x = chain_start(observed, shifted_mask, cfg["start_mix"], cfg["start_mix_clipped"])
+        x = self._langevin(x, int(cfg["steps"]), cfg["step_size"], cfg["noise_std"], mask=shifted_mask.float(),
+                           generator=generator, grad_clip=cfg["grad_clip"], anchor=observed,
                            fidelity=cfg["fidelity"])
-        mean = x.view(chains, *corrupted.shape).mean(0).clamp_(0, 1)
+        x = x.view(chains, len(shifts), *corrupted.shape)
+        mean = torch.stack([x[:, i].roll(-s, dims=-1) for i, s in enumerate(shifts)], 1).mean((0, 1)).clamp_(0, 1)
         return torch.where(mask, mean, corrupted)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def config(self):
-        """Constructor settings (and inpainting defaults) that rebuild this trainer."""
-        return dict(input_shape=list(self.model.input_shape), hidden_size=self.model.hidden_size,
-                    buffer_size=self.replay_buffer.maxlen, langevin_k=self.langevin_k,
-                    langevin_noise_std=self.langevin_noise_std, langevin_lr=self.langevin_lr,
-                    replay_p=self.replay_p, lr=self.lr, l2_coef=self.l2_coef, proj_norm=self.proj_norm,
-                    inpaint_neg_p=self.inpaint_neg_p, inpaint=dict(self.inpaint_config))
+        """The EBMConfig that rebuilds this trainer (with its current inpainting settings)."""
+        return EBMConfig(input_shape=tuple(self.model.input_shape), hidden_size=self.model.hidden_size,
+                         buffer_size=self.replay_buffer.maxlen, langevin_k=self.langevin_k,
+                         langevin_noise_std=self.langevin_noise_std, langevin_lr=self.langevin_lr,
+                         replay_p=self.replay_p, lr=self.lr, l2_coef=self.l2_coef, proj_norm=self.proj_norm,
+                         inpaint_neg_p=self.inpaint_neg_p,
+                         **{f"inpaint_{key}": value for key, value in self.inpaint_config.items()})
 
-    def save(self, save_path, full=True, **extra):
-        """Atomic checkpoint. full=True adds the optimizer and the replay buffer (for --resume);
-        full=False is the shipped form: weights and config only. Refuses non-finite weights."""
+    def save(self, save_path):
+        """The shipped form, atomically: config and fp32 weights (the resumable training state, with
+        optimizer and replay buffer, is the run folder's last.pt). Refuses non-finite weights."""
         if not self.weights_finite():
             raise TrainingDiverged(f"refusing to save non-finite weights to {save_path}")
-        state = dict(model=self.model.state_dict(), **extra)
-        if full:
-            state["optimizer"] = self.optimizer.state_dict()
-            state["replay_buffer"] = (torch.stack(list(self.replay_buffer)) if self.replay_buffer
-                                      else torch.zeros((0,) + tuple(self.model.input_shape)))
-        return save_checkpoint(save_path, KIND, self.config(), **state)
+        return save_checkpoint(save_path, KIND, self.config(), model=self.model.state_dict())
 
     def load(self, load_pth, evaluate=True):
-        """Load weights (and, when present, optimizer and replay buffer) from a file or a folder
-        holding ebm.pt / ebm_train.pt; returns the checkpoint dict. Bad paths: CheckpointError."""
-        ckpt = load_checkpoint(load_pth, KIND, names=CHECKPOINT_NAMES)
-        load_state(self.model, ckpt["model"], load_pth)
-        self.inpaint_config = {**INPAINT_DEFAULTS, **ckpt["config"].get("inpaint", {})}
-        if "optimizer" in ckpt and not evaluate:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        if "replay_buffer" in ckpt and not evaluate:
-            self.replay_buffer.clear()
-            self.replay_buffer.extend(ckpt["replay_buffer"].float().unbind(0))
+        """Load the weights and inpainting settings of a checkpoint (file, or folder holding ebm.pt, shipped.pt
+        or best.pt) into this trainer; evaluate=False leaves the model in training mode. Returns the checkpoint.
+        Every problem with the file is a one-line CheckpointError (`load` builds a trainer from the file)."""
+        _, config, ckpt = load_model(load_pth, KIND, EBMConfig, lambda _config: self.model, names=CHECKPOINT_NAMES,
+                                     device=self.device)
+        self.inpaint_config = config.inpainting()
         self.model.train(not evaluate)
         return ckpt
 
-    @classmethod
-    def from_checkpoint(cls, path, device="cpu", evaluate=True):
-        """Rebuild model and trainer from a checkpoint's config, then load it."""
-        ckpt = load_checkpoint(path, KIND, names=CHECKPOINT_NAMES)
-        cfg = ckpt["config"]
-        model = MlpBackbone(cfg.get("input_shape", (1, 28, 28)), cfg.get("hidden_size", 512)).to(device)
-        trainer = cls(model, device, cfg.get("buffer_size", 10000), cfg.get("langevin_k", 60),
-                      cfg.get("langevin_noise_std", 0.005), cfg.get("langevin_lr", 10.0),
-                      cfg.get("replay_p", 0.95), cfg.get("lr", 1e-4), cfg.get("l2_coef", 1.0),
-                      cfg.get("proj_norm", 0.01))
-        trainer.inpaint_neg_p = cfg.get("inpaint_neg_p", 0.0)
-        trainer.load(path, evaluate=evaluate)
-        return trainer
+
+def backbone(config):
+    return MlpBackbone(config.input_shape, config.hidden_size)
+
+
+def trainer_for(model, config, device="cpu"):
+    """The Trainer of `model` with the settings of `config` (an EBMConfig)."""
+    return Trainer(model, device, config.buffer_size, config.langevin_k, config.langevin_noise_std,
+                   config.langevin_lr, config.replay_p, config.lr, config.l2_coef, config.proj_norm,
+                   inpaint_neg_p=config.inpaint_neg_p, inpaint=config.inpainting())
+
+
+def build(config, device="cpu"):
+    """A fresh Trainer (with its MlpBackbone on `device`) from an EBMConfig. The EBM's "model" is the Trainer:
+    it holds the sampler and the inpainting the evaluation calls."""
+    return trainer_for(backbone(config).to(device), config, device)
+
+
+def load(path=DEFAULT_PATH, device="cpu"):
+    """The Trainer of a checkpoint (file, or folder holding ebm.pt / shipped.pt / best.pt), model in eval mode.
+    Bad files (unreadable, another model, bad config, missing, misshapen or non-finite weights): one-line
+    CheckpointError."""
+    model, config, _ = load_model(path, KIND, EBMConfig, backbone, names=CHECKPOINT_NAMES, device=device)
+    return trainer_for(model, config, device)

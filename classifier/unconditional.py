@@ -1,0 +1,28 @@
+"""The project classifier's view of unconditional samples (no labels to check): its confidence, the classes
+it predicts and the FID to the test set in its feature space; and the two references to read them against.
+
+Used by the EBM (ebm/sample.py, `ebm.figures`); written for any model that samples without labels.
+"""
+import torch
+
+from mnistgen.data import load_mnist
+
+
+def sample_quality(images, device, data_root=None):
+    """dict(confidence: mean max-softmax probability, counts: predicted-class counts (10 ints), fid: Frechet
+    distance to the 10,000 test images in the classifier's features) of images (N, 1, 28, 28) in [0, 1].
+    Raises a one-line UserError when the classifier is not shipped yet."""
+    from classifier.model import frechet_distance, gaussian_stats, get_scorer, predict
+    scorer = get_scorer(device, data_root)
+    probs, feats = predict(scorer.model, images)
+    return dict(confidence=probs.max(1).values.mean().item(),
+                counts=torch.bincount(probs.argmax(1), minlength=10).tolist(),
+                fid=frechet_distance(gaussian_stats(feats), scorer.ref_all))
+
+
+def sample_references(n, data_root=None, seed=42):
+    """Two sets of n images to read sample scores against: real training digits, and U(0, 1) noise."""
+    real = load_mnist(train=True, data_root=data_root)[0]
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:n]
+    return {"real training digits": real[pick],
+            "uniform noise": torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed + 1))}

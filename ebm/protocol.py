@@ -1,0 +1,141 @@
+"""The EBM's evaluation protocol, shared by ebm/main.py (--play), ebm/tune.py, ebm/sample.py, training's
+validation and `figures` (the main job's numbers).
+
+Inpainting (the assignment's): rows 0, 2, ..., 26 of every image get N(0, 0.3^2) noise, clipped to [0, 1];
+the EBM recovers them with `Trainer.inpainting`; the score is the per-image MSE over the 784 pixels.
+The baseline replaces each corrupted row by the mean of its clean neighbours.
+"""
+import argparse
+import math
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ebm.ebm import INPAINT_KEYS, EBMConfig, MlpBackbone, row_corruption, trainer_for
+from mnistgen.data import load_mnist
+from mnistgen.files import atomic_write
+from mnistgen.utils import UserError, nonnegative_float, positive_float, positive_int, probability
+
+NOISE_STD = 0.3       # corruption of the even rows (assignment protocol)
+VAL_IMAGES = 2000     # the last 2,000 training images are held out: validation and tuning, never trained on
+# Langevin steps of an unconditional sample from noise: training negatives live in the replay buffer for
+# ~1/(1 - replay_p) = 20 iterations of K = 20 steps, so chains of this order are what the model was shaped by.
+SAMPLE_STEPS = 1000
+NUM_SAMPLES = 1000    # samples scored by `figures`
+
+
+# ---------------------------------------------------------------------------------------------- inpainting
+def corrupt(images, seed):
+    """The assignment's corruption with a fixed noise seed: even rows + 0.3 * N(0, 1), clipped to [0, 1]."""
+    return row_corruption(images, NOISE_STD, generator=torch.Generator().manual_seed(seed))
+
+
+def row_interpolation(corrupted, mask):
+    """Baseline: every corrupted row becomes the mean of its clean neighbours (row 0 copies row 1)."""
+    padded = torch.cat([corrupted[..., 1:2, :], corrupted, corrupted[..., -1:, :]], dim=-2)  # (.., 30, 28)
+    above, below = padded[..., :-2, :], padded[..., 2:, :]
+    return torch.where(mask, (above + below) / 2, corrupted)
+
+
+def per_image_mse(a, b):
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+
+
+def evaluate_inpainting(trainer, images, seed=42, batch_size=1000, progress=False, **overrides):
+    """Corrupt `images` with the protocol's noise (fixed seed) and inpaint them in batches.
+
+    Returns dict(recovered, corrupted, mask, mse (per image), mse_corrupted, mse_interpolation)."""
+    corrupted, mask = corrupt(images, seed)
+    generator = torch.Generator().manual_seed(seed + 1)  # Langevin noise
+    recovered = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="inpainting", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        recovered.append(trainer.inpainting(corrupted[sl], mask[sl], generator=generator, **overrides).cpu())
+    recovered = torch.cat(recovered)
+    return dict(recovered=recovered, corrupted=corrupted, mask=mask, mse=per_image_mse(images, recovered),
+                mse_corrupted=per_image_mse(images, corrupted),
+                mse_interpolation=per_image_mse(images, row_interpolation(corrupted, mask)))
+
+
+def held_out_images(data_root=None):
+    """The last VAL_IMAGES training images: what validation and tuning see (the test set is for --play only)."""
+    return load_mnist(train=True, data_root=data_root)[0][-VAL_IMAGES:]
+
+
+# ---------------------------------------------------------------------------------------------- samples
+def draw_samples(trainer, n, steps=SAMPLE_STEPS, seed=42):
+    """n unconditional samples: Langevin chains of `steps` steps from U(0, 1) noise, 500 at a time."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([trainer.sample(min(500, n - s), steps=steps, generator=gen).cpu() for s in range(0, n, 500)])
+
+
+def figures(trainer, device, data_root=None):
+    """The main job's numbers for a Trainer (or a bare MlpBackbone, given EBMConfig's inpainting settings).
+
+    mse, mse_corrupted, mse_interpolation: mean per-image MSE on the 10,000 test images (noise seed 42) of the
+    EBM's inpainting, the corrupted input and the row-interpolation baseline. When the classifier is shipped,
+    samples / real / noise: its dict(confidence, counts, fid) for NUM_SAMPLES samples of SAMPLE_STEPS Langevin
+    steps, as many real training digits and as many U(0, 1) noise images; otherwise `samples_unavailable` says why."""
+    from classifier.unconditional import sample_quality, sample_references
+    if isinstance(trainer, MlpBackbone):
+        trainer = trainer_for(trainer, EBMConfig(), device)
+    test_images = load_mnist(train=False, data_root=data_root)[0]
+    res = evaluate_inpainting(trainer, test_images, seed=42)
+    numbers = dict(test_images=len(test_images), sample_steps=SAMPLE_STEPS, num_samples=NUM_SAMPLES,
+                   **{key: res[key].mean().item() for key in ("mse", "mse_corrupted", "mse_interpolation")})
+    try:
+        samples = draw_samples(trainer, NUM_SAMPLES, SAMPLE_STEPS)
+        references = sample_references(NUM_SAMPLES, data_root)
+        sets = dict(samples=samples, real=references["real training digits"], noise=references["uniform noise"])
+        numbers.update({name: sample_quality(x, device, data_root) for name, x in sets.items()})
+    except UserError as err:  # no classifier yet
+        numbers["samples_unavailable"] = str(err)
+    return numbers
+
+
+# ---------------------------------------------------------------------------------------------- outputs, flags
+def save_grid(images, path, nrow=10):
+    """A PNG grid of images (N, 1, 28, 28) in [0, 1], written atomically (a kill leaves the previous file)."""
+    from torchvision.utils import save_image
+    with atomic_write(path) as tmp:
+        save_image(images.detach().float().cpu().clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
+    return Path(path)
+
+
+def clip_float(text):
+    """A float > 0, or 'none' (= inf: no clipping)."""
+    return math.inf if text.lower() == "none" else positive_float(text)
+
+
+def int_tuple(text):
+    """Comma-separated integers, e.g. '0,1,-1'."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text}") from None
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct integers, got {text}")
+    return values
+
+
+def add_inpaint_args(parser):
+    """--inpaint_steps, ... (ebm/tune.py, ebm/export.py): override the checkpoint's inpainting settings."""
+    kinds = dict(steps=positive_int, step_size=nonnegative_float, noise_std=nonnegative_float, chains=positive_int,
+                 grad_clip=clip_float, fidelity=nonnegative_float, start_mix=probability, start_mix_clipped=probability,
+                 shifts=int_tuple)
+    texts = dict(steps="Langevin steps", step_size="step size", noise_std="noise std", chains="chains averaged",
+                 grad_clip="pixel-gradient clip ('none' = off)", fidelity="pull towards the observed pixels per step",
+                 start_mix="weight of the observation (vs row interpolation) where the chains start",
+                 start_mix_clipped="the same where the observation is exactly 0 or 1",
+                 shifts="horizontal shifts averaged, comma-separated, e.g. 0,1,-1")
+    for key in INPAINT_KEYS:
+        parser.add_argument(f"--inpaint_{key}", type=kinds[key], default=None,
+                            help=f"inpainting {texts[key]} (default: the checkpoint's)")
+    return parser
+
+
+def inpaint_overrides(args):
+    """The --inpaint_* flags that were given, as {steps: .., ...}."""
+    return {key: getattr(args, f"inpaint_{key}") for key in INPAINT_KEYS if getattr(args, f"inpaint_{key}") is not None}

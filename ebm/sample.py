@@ -1,0 +1,55 @@
+"""Unconditional samples of the EBM: Langevin chains from U(0, 1) noise, a grid of the first 100, and the
+project classifier's view of them (confidence, FID to the test set in its features, predicted classes) next
+to as many real training digits and noise images:
+    python ebm/sample.py --num_samples 1000
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from classifier.unconditional import sample_quality, sample_references
+from ebm.ebm import DEFAULT_PATH, load
+from ebm.protocol import SAMPLE_STEPS, draw_samples, save_grid
+from mnistgen.files import ensure_writable
+from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--load_dir", default=str(DEFAULT_PATH.relative_to(REPO_ROOT)),
+                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
+    p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
+    p.add_argument("--sample_steps", type=positive_int, default=SAMPLE_STEPS,
+                   help=f"Langevin steps per sample (default: {SAMPLE_STEPS})")
+    p.add_argument("--seed", type=int, default=42, help="seed of the chains and of the references (default: 42)")
+    p.add_argument("--figure", default="ebm_samples.png",
+                   help="PNG grid of the first 100 samples (default: ebm_samples.png in the current folder)")
+    return add_common_args(p)
+
+
+@run_cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    figure = ensure_writable(args.figure, "--figure")
+    device = pick_device(args.device)
+    trainer = load(args.load_dir, device)
+    start = time.time()
+    imgs = draw_samples(trainer, args.num_samples, args.sample_steps, args.seed)
+    print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps from U(0,1) noise, {time.time() - start:.1f}s")
+    print(f"figure: {save_grid(imgs[:100], figure, nrow=10)}")
+    try:
+        for name, x in {"EBM samples": imgs, **sample_references(len(imgs), args.data_root, args.seed)}.items():
+            q = sample_quality(x, device, args.data_root)
+            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {q['fid']:.2f} "
+                  f"(classifier features), predicted class counts {q['counts']}")
+    except UserError as err:
+        print(f"no classifier scores: {err}")
+    return imgs
+
+
+if __name__ == "__main__":
+    main()
