@@ -3,7 +3,9 @@
 SAMPLES.pt is the assignment's format: a dict with 'imgs' (N, 1, 28, 28) in [0, 1] and
 'labels' (N,). Prints accuracy, per-class accuracy, mean confidence, FID and per-class FID
 (in the classifier's feature space, against the 10,000 test images), and the same figures
-for two references: 10,000 real training images and a mode-collapsed set.
+for two references: 10,000 real training images and a mode-collapsed set. A FID needs at least
+two images (of each class, for the per-class FID); when a file has fewer, the accuracy is still
+printed and a note says which FID is missing and why.
 """
 import argparse
 import sys
@@ -14,7 +16,7 @@ import torch
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.model import DEFAULT_PATH, check_samples, format_score, get_scorer, reference_scores
+from classifier.model import DEFAULT_PATH, check_samples, fid_notes, format_score, get_scorer, reference_scores
 from mnistgen.utils import UserError, add_common_args, pick_device, run_cli
 
 
@@ -34,12 +36,15 @@ def main(argv=None):
     p = add_common_args(argparse.ArgumentParser(description=__doc__,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("samples", help="a .pt file with 'imgs' and 'labels' (e.g. vae_generated_samples.pt)")
-    p.add_argument("--classifier", default=str(DEFAULT_PATH), help="classifier checkpoint (default: models/classifier.pt)")
+    p.add_argument("--classifier", default=str(DEFAULT_PATH),
+                   help="classifier checkpoint (default: models/classifier.pt)")
     p.add_argument("--no_references", action="store_true", help="skip the real-data and collapsed references")
     args = p.parse_args(argv)
     imgs, labels = load_samples(args.samples)
     scorer = get_scorer(pick_device(args.device), args.data_root, args.classifier)
     print(f"{args.samples} ({len(imgs)} images)\n  " + format_score(scorer.score(imgs, labels)))
+    for note in fid_notes(labels):
+        print(f"  note: {note}")
     if not args.no_references:
         refs = reference_scores(scorer, args.data_root)
         print("reference: 10,000 real training images\n  " + format_score(refs["real"]))

@@ -4,6 +4,7 @@ Scores of a samples file: accuracy, per-class accuracy, mean confidence, and two
 figures in the classifier's penultimate (128-d) feature space against the 10,000 test images:
 FID (Heusel et al., 2017) and the mean over classes of the per-class FID.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mnistgen.checkpoint import load_checkpoint, load_state
+from mnistgen.checkpoint import load_model
 from mnistgen.utils import MODELS_DIR, UserError
 
 KIND = "classifier"
@@ -22,10 +23,17 @@ def conv_block(c_in, c_out):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
+@dataclasses.dataclass
+class ClassifierConfig:
+    """The classifier's constructor settings; stored in its checkpoint, rebuilt by `load`."""
+    width: int = 32         # channels of the first conv layers
+    feature_dim: int = 128  # the penultimate features in which the FIDs are measured
+
+
 class MnistClassifier(nn.Module):
-    def __init__(self, width=32, feature_dim=128):
+    def __init__(self, width=ClassifierConfig.width, feature_dim=ClassifierConfig.feature_dim):
         super().__init__()
-        self.config = dict(width=width, feature_dim=feature_dim)
+        self.config = ClassifierConfig(width, feature_dim)
         w = width
         self.body = nn.Sequential(
             conv_block(1, w), conv_block(w, w), nn.MaxPool2d(2),            # 28 -> 14
@@ -58,11 +66,13 @@ def augment(x, generator=None):
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
-def load_classifier(path=DEFAULT_PATH, device="cpu"):
-    ckpt = load_checkpoint(path, KIND, names=("classifier.pt",))
-    model = MnistClassifier(**ckpt["config"])
-    load_state(model, ckpt["model"], path)
-    return model.to(device).eval()
+def build(config):
+    return MnistClassifier(config.width, config.feature_dim)
+
+
+def load(path=DEFAULT_PATH, device="cpu"):
+    """The classifier of a checkpoint (a file, or a folder holding classifier.pt), in eval mode."""
+    return load_model(path, KIND, ClassifierConfig, build, names=("classifier.pt",), device=device)[0]
 
 
 @torch.no_grad()
@@ -119,6 +129,20 @@ def check_samples(samples, name="samples"):
     return imgs.float(), labels.long()
 
 
+def fid_notes(labels):
+    """Why the FIDs of a set with these labels (int64 (N,)) are undefined; empty when both are defined.
+    A Frechet distance compares covariances, and a covariance needs at least two images (of each class
+    present, for the per-class FID)."""
+    notes = []
+    if len(labels) < 2:
+        notes.append(f"FID needs at least two images to estimate a covariance; the set has {len(labels)}")
+    single = [c for c, n in enumerate(torch.bincount(labels, minlength=10).tolist()) if n == 1]
+    if single:
+        which = f"class {single[0]} has" if len(single) == 1 else f"classes {', '.join(map(str, single))} have"
+        notes.append(f"per-class FID needs at least two images of every class present; {which} only one")
+    return notes
+
+
 class Scorer:
     """Scores sets of digit images against reference statistics of the 10,000 test images."""
 
@@ -127,20 +151,24 @@ class Scorer:
         _, feats = predict(model, test_images)
         self.ref_all = gaussian_stats(feats)
         self.ref_class = {c: gaussian_stats(feats[test_labels == c]) for c in range(10)}
+        self.references = {}  # reference_scores' cache
 
     def score(self, imgs, labels):
+        """Accuracy, confidence and FIDs of images (N, 1, 28, 28) with labels (N,); a FID that `fid_notes`
+        says is undefined is NaN."""
         probs, feats = predict(self.model, imgs)
         pred = probs.argmax(1)
         correct = (pred == labels).float()
         per_class = {c: correct[labels == c].mean().item() for c in range(10) if (labels == c).any()}
         class_fids = {c: frechet_distance(gaussian_stats(feats[labels == c]), self.ref_class[c])
                       for c in range(10) if (labels == c).sum() > 1}
+        all_classes = len(class_fids) == len(per_class)
         return dict(
             accuracy=correct.mean().item(),
             per_class_accuracy=per_class,
             confidence=probs.max(1).values.mean().item(),
-            fid=frechet_distance(gaussian_stats(feats), self.ref_all),
-            class_fid=float(np.mean(list(class_fids.values()))) if class_fids else float("nan"),
+            fid=frechet_distance(gaussian_stats(feats), self.ref_all) if len(feats) > 1 else float("nan"),
+            class_fid=float(np.mean(list(class_fids.values()))) if class_fids and all_classes else float("nan"),
             per_class_fid=class_fids,
         )
 
@@ -159,8 +187,9 @@ def collapsed_reference(test_images, test_labels, per_class=10, repeats=100, see
 
 def format_score(score):
     per_class = " ".join(f"{c}:{100 * a:.1f}" for c, a in score["per_class_accuracy"].items())
+    fid, class_fid = ("n/a" if math.isnan(v) else f"{v:.3f}" for v in (score["fid"], score["class_fid"]))
     return (f"accuracy {100 * score['accuracy']:.2f}%  confidence {score['confidence']:.4f}  "
-            f"FID {score['fid']:.3f}  per-class FID {score['class_fid']:.3f}\n"
+            f"FID {fid}  per-class FID {class_fid}\n"
             f"  per-class accuracy (%): {per_class}")
 
 
@@ -173,25 +202,42 @@ def get_scorer(device="cpu", data_root=None, path=DEFAULT_PATH):
     key = (str(device), str(data_root), str(path))
     if key not in _SCORERS:
         from mnistgen.data import load_mnist
-        model = load_classifier(path, device)
+        model = load(path, device)
         test_images, test_labels = load_mnist(train=False, data_root=data_root)
         _SCORERS[key] = Scorer(model, test_images, test_labels)
     return _SCORERS[key]
 
 
-_REFERENCES = {}
-
-
 def reference_scores(scorer, data_root=None, seed=0):
     """Scores of two references: 10,000 real training images (the floor a perfect generator
     reaches) and a mode-collapsed set (10 test images per class, each repeated 100 times)."""
-    if id(scorer) not in _REFERENCES:
+    key = (str(data_root), seed)
+    if key not in scorer.references:
         from mnistgen.data import load_mnist
         train_images, train_labels = load_mnist(train=True, data_root=data_root)
         pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:10000]
         test_images, test_labels = load_mnist(train=False, data_root=data_root)
-        _REFERENCES[id(scorer)] = dict(
+        scorer.references[key] = dict(
             real=scorer.score(train_images[pick], train_labels[pick]),
             collapsed=scorer.score(*collapsed_reference(test_images, test_labels, seed=seed)),
         )
-    return _REFERENCES[id(scorer)]
+    return scorer.references[key]
+
+
+def accuracy_on_test_set(model, data_root=None):
+    """Fraction of the 10,000 test images the model classifies correctly."""
+    from mnistgen.data import load_mnist
+    images, labels = load_mnist(train=False, data_root=data_root)
+    probs, _ = predict(model, images)
+    return (probs.argmax(1) == labels).float().mean().item()
+
+
+def figures(model, device, data_root=None):
+    """The main job's numbers of a classifier: its test accuracy, and the scores (FID, per-class FID, ...)
+    of the two references in its feature space: 10,000 real training images (the floor) and the
+    collapsed set."""
+    from mnistgen.data import load_mnist
+    scorer = Scorer(model.to(device).eval(), *load_mnist(train=False, data_root=data_root))
+    refs = reference_scores(scorer, data_root)
+    return dict(test_accuracy=accuracy_on_test_set(scorer.model, data_root), real=refs["real"],
+                collapsed=refs["collapsed"])

@@ -1,4 +1,8 @@
-"""Class-conditional GAN (Problem 4); everything lives in gan/gan.py."""
-from .gan import (DEFAULT_PATH, IMG_DIM, KIND, LABEL_DIM, LATENT_DIM, Discriminator, GanTrainer, Generator,
-                  d_loss_fn, evaluate_generator, g_loss_fn, generate_samples, load_gan, main,
-                  recalibrate_bn, report)
+"""Class-conditional GAN (Problem 4): the starter's file gan/gan.py, training in gan/train.py, evaluation in
+gan/evaluate.py."""
+from .gan import (DEFAULT_PATH, KIND, Discriminator, GANConfig, Generator, build, build_discriminator, generate_samples,
+                  load, main)
+from .evaluate import figures
+
+__all__ = ["DEFAULT_PATH", "KIND", "Discriminator", "GANConfig", "Generator", "build", "build_discriminator",
+           "generate_samples", "load", "main", "figures"]

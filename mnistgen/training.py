@@ -56,8 +56,9 @@ class RunOptions:
     default_figures_dir: Path = None  # figures/ of the repository
 
 
-def add_run_args(parser, logdir, save_path, epochs=None):
-    """The training flags every model's script shares; `epochs` is the model's default --num_epochs."""
+def add_run_args(parser, logdir, save_path, epochs=None, figures=True):
+    """The training flags every model's script shares; `epochs` is the model's default --num_epochs;
+    figures=False for a model without README figures (no --figures_dir)."""
     if epochs is not None:
         parser.add_argument("--num_epochs", type=_positive_int, default=epochs, help=f"training epochs (default: {epochs})")
     parser.add_argument("--logdir", default=None,
@@ -70,9 +71,10 @@ def add_run_args(parser, logdir, save_path, epochs=None):
                         help="train on the first N training images only (smoke runs; never ships)")
     parser.add_argument("--max_minutes", type=_positive_float, default=None,
                         help="stop (resumable) after this many minutes of training (default: no limit)")
-    parser.add_argument("--figures_dir", default=None,
-                        help="where the README figures of the shipped model go (default: figures/, written only "
-                             "by a complete run)")
+    if figures:
+        parser.add_argument("--figures_dir", default=None,
+                            help="where the README figures of the shipped model go (default: figures/, written "
+                                 "only by a complete run)")
     return parser
 
 
@@ -83,7 +85,7 @@ def run_options(args, name, total_steps, eval_every, **extra):
                       eval_every=eval_every, seed=args.seed, resume=args.resume,
                       save_path=args.save_path and Path(args.save_path), default_save_path=MODELS_DIR / f"{name}.pt",
                       complete_run=args.limit is None, max_minutes=args.max_minutes,
-                      figures_dir=args.figures_dir and Path(args.figures_dir),
+                      figures_dir=getattr(args, "figures_dir", None) and Path(args.figures_dir),
                       default_figures_dir=REPO_ROOT / "figures", **extra)
 
 

@@ -1,3 +1,6 @@
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -13,13 +16,40 @@ if "MNIST_ROOT" not in os.environ and (_shared / "MNIST" / "raw").is_dir():
     os.environ["MNIST_ROOT"] = str(_shared)
 
 
-def run_script(args, cwd=None, timeout=300):
-    """Run a repository script (`["vae/vae.py", "--eval", ...]` or `["-m", "report"]`) in a subprocess
-    with one thread; returns the CompletedProcess (text output)."""
-    script = args[0] if args[0] == "-m" else str(REPO_ROOT / args[0])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, script, *args[1:]], cwd=cwd or REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+@contextlib.contextmanager
+def working_dir(path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run_script(args, cwd=None, timeout=300, isolated=False):
+    """Run a repository script (`["vae/vae.py", "--eval", ...]` or `["-m", "report"]`) as its command line
+    would, and return a CompletedProcess (exit code, stdout, stderr as text).
+
+    By default in this process: the script's `main(argv)` with stdout/stderr captured, in `cwd`, exit code
+    from SystemExit, so a bad-input case costs milliseconds instead of a torch import; an exception that
+    escapes `main` (a traceback on the command line) fails the test as it is. isolated=True runs a real
+    subprocess with one thread instead."""
+    if isolated:
+        script = args[1] if args[0] == "-m" else str(REPO_ROOT / args[0])
+        command = ["-m", script] if args[0] == "-m" else [script]
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+        return subprocess.run([sys.executable, *command, *args[2 if args[0] == "-m" else 1:]], cwd=cwd or REPO_ROOT,
+                              env=env, capture_output=True, text=True, timeout=timeout)
+    module_name, argv = (args[1] + ".__main__", args[2:]) if args[0] == "-m" else \
+        (args[0][:-3].replace("/", "."), args[1:])
+    main = importlib.import_module(module_name).main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with working_dir(cwd or REPO_ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(proc, contains=None):

@@ -1,4 +1,6 @@
 """Data loading, checkpoint I/O, the scoring classifier and the CLI error paths."""
+import dataclasses
+import math
 import shutil
 import subprocess
 import sys
@@ -7,17 +9,16 @@ import sysconfig
 import pytest
 import torch
 
-from classifier.model import (DEFAULT_PATH, MnistClassifier, check_samples, collapsed_reference,
-                              frechet_distance, gaussian_stats, get_scorer)
+import classifier
+from classifier.model import (DEFAULT_PATH, MnistClassifier, Scorer, check_samples, collapsed_reference, fid_notes,
+                              format_score, frechet_distance, gaussian_stats, get_scorer)
+from conftest import assert_one_line_error
+from conftest import run_script
 from mnistgen import data
 from mnistgen.checkpoint import CheckpointError, half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.utils import REPO_ROOT, UserError
 
 needs_classifier = pytest.mark.skipif(not DEFAULT_PATH.is_file(), reason="models/classifier.pt not shipped yet")
-
-
-def run_script(*args):
-    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
 
 
 # ---------------------------------------------------------------- data
@@ -72,7 +73,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in folder"):
         load_checkpoint(tmp_path, "gan", names=("gan.pt",))
     assert load_checkpoint(tmp_path, "vae", names=("vae.pt",))["kind"] == "vae"
-    with pytest.raises(CheckpointError, match="holds a vae checkpoint"):
+    with pytest.raises(CheckpointError, match="holds a checkpoint of the vae model"):
         load_checkpoint(tmp_path / "vae.pt", "gan")
     (tmp_path / "cut.pt").write_bytes((tmp_path / "vae.pt").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
@@ -107,6 +108,38 @@ def test_check_samples_rejects_bad_input():
             check_samples(samples)
 
 
+def test_scores_of_too_few_images_say_which_fid_is_missing():
+    scorer = Scorer(MnistClassifier(width=4, feature_dim=8).eval(), torch.rand(40, 1, 28, 28), torch.arange(40) % 10)
+    one = scorer.score(torch.rand(1, 1, 28, 28), torch.tensor([3]))
+    assert 0 <= one["accuracy"] <= 1 and math.isnan(one["fid"]) and math.isnan(one["class_fid"])
+    assert "FID n/a  per-class FID n/a" in format_score(one)
+    assert [n.split(";")[0] for n in fid_notes(torch.tensor([3]))] == [
+        "FID needs at least two images to estimate a covariance",
+        "per-class FID needs at least two images of every class present"]
+    labels = torch.tensor([0, 0, 1, 1, 2])  # class 2 has a single image
+    some = scorer.score(torch.rand(5, 1, 28, 28), labels)
+    assert not math.isnan(some["fid"]) and math.isnan(some["class_fid"]) and set(some["per_class_fid"]) == {0, 1}
+    assert fid_notes(labels) == ["per-class FID needs at least two images of every class present; class 2 has only one"]
+    assert fid_notes(torch.tensor([0, 1, 1]))[-1].endswith("class 0 has only one")
+    assert fid_notes(torch.tensor([0, 1]))[-1].endswith("classes 0, 1 have only one")
+    assert fid_notes(torch.arange(20) % 10) == []
+
+
+def test_one_cycle_is_torchs_schedule():
+    from classifier.train import one_cycle
+    for total in (1, 7, 100):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.AdamW([p], lr=3e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total)
+        for step in range(total):
+            scale, beta1 = one_cycle(step, total)
+            group = opt.param_groups[0]
+            assert scale * 3e-3 == pytest.approx(group["lr"], rel=1e-9) and beta1 == pytest.approx(group["betas"][0])
+            opt.step()
+            sched.step()
+
+
+@pytest.mark.slow
 @needs_classifier
 def test_shipped_classifier_on_real_digits_and_noise():
     scorer = get_scorer("cpu")
@@ -122,34 +155,111 @@ def test_shipped_classifier_on_real_digits_and_noise():
     assert collapsed["accuracy"] > 0.95 and collapsed["class_fid"] > 3 * real["class_fid"]
 
 
-def test_classifier_train_smoke(tmp_path):
+@pytest.mark.slow
+@needs_classifier
+def test_shipped_classifier_figures_are_the_recorded_ones():
+    f = classifier.figures(classifier.load(DEFAULT_PATH), "cpu")
+    assert f"{100 * f['test_accuracy']:.2f}" == "99.65"
+    assert [f"{f[ref][k]:.3f}" for ref in ("real", "collapsed") for k in ("fid", "class_fid")] == [
+        "0.060", "0.193", "1.314", "3.604"]
+
+
+def test_classifier_train_smoke_resume_and_shipping_rule(tmp_path):
+    """A short run ships into its run folder only (models/classifier.pt untouched), --resume continues it,
+    --save_path ships where asked; the shipped config is the ClassifierConfig."""
     from classifier.train import main
-    main(["--epochs", "1", "--limit", "256", "--width", "4", "--save_path", str(tmp_path / "c.pt"), "--device", "cpu"])
-    assert load_checkpoint(tmp_path / "c.pt", "classifier")["config"]["width"] == 4
+    shipped = (DEFAULT_PATH.stat().st_mtime_ns, DEFAULT_PATH.read_bytes()) if DEFAULT_PATH.is_file() else None
+    run = ["--limit", "256", "--width", "4", "--device", "cpu", "--logdir", str(tmp_path / "run")]
+    main(run + ["--num_epochs", "1"])
+    assert (tmp_path / "run" / "shipped.pt").is_file()
+    main(run + ["--num_epochs", "2", "--resume", "--save_path", str(tmp_path / "c.pt")])
+    ckpt = load_checkpoint(tmp_path / "c.pt", "classifier")
+    assert ckpt["config"] == {"width": 4, "feature_dim": 128} and ckpt["model"]["head.1.weight"].dtype == torch.float16
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,epoch,loss,test_accuracy") and [r.split(",")[1] for r in rows[1:]] == ["1", "2"]
+    from classifier.train import one_cycle
+    group = load_checkpoint(tmp_path / "run" / "last.pt", "classifier")["optimizers"]["adamw"]["param_groups"][0]
+    assert group["betas"][0] == one_cycle(3, 4)[1]  # the momentum of the last of 2 x 2 steps
+    assert not classifier.load(tmp_path / "c.pt").training
+    if shipped is not None:
+        assert (DEFAULT_PATH.stat().st_mtime_ns, DEFAULT_PATH.read_bytes()) == shipped
 
 
 # ---------------------------------------------------------------- command-line errors
 def test_evaluate_cli_errors_are_one_line(tmp_path):
-    missing = run_script("classifier/evaluate.py", str(tmp_path / "nothing.pt"))
+    missing = run_script(["classifier/evaluate.py", str(tmp_path / "nothing.pt")])
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
     assert "no samples file" in missing.stderr
     torch.save(dict(imgs=torch.rand(3, 1, 28, 28) + 1, labels=torch.arange(3)), tmp_path / "bad.pt")
-    bad = run_script("classifier/evaluate.py", str(tmp_path / "bad.pt"))
+    bad = run_script(["classifier/evaluate.py", str(tmp_path / "bad.pt")])
     assert bad.returncode == 2 and "[0, 1]" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_classifier_test_mode_rejects_wrong_checkpoint(tmp_path):
-    save_checkpoint(tmp_path / "vae.pt", "vae", {}, model={})
-    out = run_script("classifier/train.py", "--test", "--load_path", str(tmp_path / "vae.pt"))
-    assert out.returncode == 2 and "holds a vae checkpoint" in out.stderr and "Traceback" not in out.stderr
+def test_evaluate_a_single_image_prints_accuracy_and_why_no_fid(tmp_path):
+    model = MnistClassifier(width=4, feature_dim=8)
+    save_checkpoint(tmp_path / "c.pt", "classifier", model.config, model=model.state_dict())
+    images, labels = data.load_mnist(train=False)
+    torch.save(dict(imgs=images[:1], labels=labels[:1]), tmp_path / "one.pt")
+    proc = run_script(["classifier/evaluate.py", str(tmp_path / "one.pt"), "--no_references",
+                                  "--classifier", str(tmp_path / "c.pt")])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "one.pt (1 images)\n  accuracy " in proc.stdout and "FID n/a  per-class FID n/a" in proc.stdout
+    assert "note: FID needs at least two images" in proc.stdout
+
+
+def _nan_weights(ckpt):
+    ckpt["model"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+
+
+def _misshapen(ckpt):
+    ckpt["model"]["head.1.weight"] = ckpt["model"]["head.1.weight"][:5]
+
+
+BAD_CLASSIFIERS = {
+    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
+    "config value of the wrong type": (lambda c: c["config"].update(width="big"), "width='big'"),
+    "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
+    "NaN weights": (_nan_weights, "holds NaN or infinite values"),
+    "wrong-shape tensor": (_misshapen, "tensor head.1.weight has shape (5, 8)"),
+    "another model's checkpoint": (lambda c: c.update(kind="vae"), "checkpoint of the vae model"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLASSIFIERS)
+def test_classifier_test_mode_rejects_bad_checkpoints_in_one_line(case, tmp_path):
+    # (no "config missing a required key" row: every ClassifierConfig field has a default)
+    edit, message = BAD_CLASSIFIERS[case]
+    model = MnistClassifier(width=4, feature_dim=8)
+    ckpt = dict(kind="classifier", config=dataclasses.asdict(model.config), format=1, model=model.state_dict())
+    edit(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    assert_one_line_error(run_script(["classifier/train.py", "--test", "--load_path",
+                                                 str(tmp_path / "bad.pt")]), message)
+
+
+def test_classifier_training_outputs_are_checked_first(tmp_path):
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    base = ["classifier/train.py", "--limit", "256", "--width", "4", "--num_epochs", "1"]
+    for flag, value in [("--save_path", "file.txt/c.pt"), ("--logdir", "file.txt/run")]:
+        proc = run_script(base + ["--logdir", str(tmp_path / "run"), flag, str(tmp_path / value)])
+        assert_one_line_error(proc, "cannot write")
+        assert not (tmp_path / "run" / "log.csv").exists()  # failed before the first step
+    (tmp_path / "weights").mkdir()
+    save_checkpoint(tmp_path / "weights" / "last.pt", "classifier", {"width": 4, "feature_dim": 128}, model={})
+    before = (tmp_path / "weights" / "last.pt").read_bytes()
+    proc = run_script(base + ["--logdir", str(tmp_path / "weights"), "--resume"])
+    assert_one_line_error(proc, "weights-only")
+    assert (tmp_path / "weights" / "last.pt").read_bytes() == before
 
 
 # ---------------------------------------------------------------- scripts without installing the project
 ENTRY_SCRIPTS = ["ebm/main.py", "realnvp/train.py", "realnvp/inpainting.py", "realnvp/evaluate.py", "vae/vae.py",
-                 "vae/figures.py", "gan/gan.py", "classifier/train.py", "classifier/evaluate.py",
-                 "benchmarks/inpainting_references.py"]
+                 "vae/readme_figures.py", "gan/gan.py", "classifier/train.py", "classifier/evaluate.py",
+                 "benchmarks/inpainting_references.py", "ebm/tune.py", "ebm/export.py", "ebm/sample.py",
+                 "report/__main__.py"]
 
 
+@pytest.mark.slow  # fourteen interpreters starting torch: half a minute
 def test_entry_scripts_run_without_the_editable_install():
     """`python ebm/main.py ...` from a plain clone: `-S` skips site-packages' .pth files (the editable
     install), PYTHONPATH still provides torch and friends; every script must import and print --help."""

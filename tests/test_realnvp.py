@@ -133,6 +133,7 @@ def test_flow_logdet_matches_jacobian(config):
     assert logit_logdet(x[None]).item() == pytest.approx(jac.item(), abs=1e-6)
 
 
+@pytest.mark.slow  # the protocol's 1,000 gradient steps
 def test_split_flow_inpainting_converges_to_its_conditional_mean(tmp_path):
     """With the top half fixed, the split flow's log p is a concave quadratic in the bottom logits, maximal
     where the bottom's latent is 0: the skeleton's gradient ascent must end there, from the protocol's start."""

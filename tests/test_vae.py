@@ -297,8 +297,8 @@ def test_failed_samples_write_keeps_the_previous_file(eval_dir, monkeypatch):
 
     def dying_save(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as out:
-            out.truncate(os.path.getsize(f) // 2)
+        f.flush()
+        f.truncate(f.tell() // 2)  # half a file on disk, then the "kill"
         raise RuntimeError("killed mid-write")
 
     monkeypatch.setattr(torch, "save", dying_save)
