@@ -19,12 +19,13 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm.ebm import DEFAULT_PATH, KIND, EBMConfig, build, load
-from ebm.protocol import VAL_IMAGES, evaluate_inpainting, save_grid
+from ebm.protocol import VAL_IMAGES, evaluate_inpainting
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write, ensure_writable
 from mnistgen.training import StopEarly, Task, add_run_args, fit, run_options
 from mnistgen.utils import (REPO_ROOT, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
-                            positive_float, positive_int, probability, run_cli, seed_everything, take_first)
+                            positive_float, positive_int, probability, run_cli, save_image_grid, seed_everything,
+                            take_first)
 
 EVAL_EVERY = 500   # steps between checks of the held-out inpainting MSE (the best check is shipped)
 VAL_CHECK = 500    # held-out images of each check (of the VAL_IMAGES never trained on)
@@ -100,7 +101,7 @@ def play(args, device):
     print(mse_line(res["mse_interpolation"]) + "  (row interpolation baseline)")
     print(f"inpainting time {time.time() - start:.1f}s")
     n = min(10, len(images))
-    print(f"figure: {save_grid(torch.cat([images[:n], res['corrupted'][:n], res['recovered'][:n]]), figure, nrow=n)}")
+    print(f"figure: {save_image_grid(torch.cat([images[:n], res['corrupted'][:n], res['recovered'][:n]]), figure, nrow=n)}")
     return res
 
 
@@ -146,7 +147,7 @@ class EBMTask(Task):
     def evaluate(self, step, run_dir):
         # the assignment asks to keep track of the negatives: one grid per check
         for name in (f"negatives_{step:06d}.png", "negatives.png"):
-            save_grid(self.trainer.x_neg[:64], Path(run_dir) / name, nrow=8)
+            save_image_grid(self.trainer.x_neg[:64], Path(run_dir) / name, nrow=8)
         return dict(val_mse=evaluate_inpainting(self.trainer, self.val_images, seed=0, batch_size=500)["mse"]
                     .mean().item())
 
@@ -175,7 +176,7 @@ class EBMTask(Task):
             plotted = plot_curves(rows, "step", panels, Path(run_dir) / name, title="EBM training")
             with atomic_write(Path(figures_dir) / name) as tmp:
                 shutil.copyfile(plotted, tmp)
-        save_grid(self.trainer.x_neg[:64], Path(figures_dir) / "ebm_negatives.png", nrow=8)
+        save_image_grid(self.trainer.x_neg[:64], Path(figures_dir) / "ebm_negatives.png", nrow=8)
 
 
 def config_from_args(args):

@@ -7,14 +7,12 @@ The baseline replaces each corrupted row by the mean of its clean neighbours.
 """
 import argparse
 import math
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ebm.ebm import INPAINT_KEYS, EBMConfig, MlpBackbone, row_corruption, trainer_for
 from mnistgen.data import load_mnist
-from mnistgen.files import atomic_write
 from mnistgen.utils import UserError, nonnegative_float, positive_float, positive_int, probability
 
 NOISE_STD = 0.3       # corruption of the even rows (assignment protocol)
@@ -96,14 +94,6 @@ def figures(trainer, device, data_root=None):
 
 
 # ---------------------------------------------------------------------------------------------- outputs, flags
-def save_grid(images, path, nrow=10):
-    """A PNG grid of images (N, 1, 28, 28) in [0, 1], written atomically (a kill leaves the previous file)."""
-    from torchvision.utils import save_image
-    with atomic_write(path) as tmp:
-        save_image(images.detach().float().cpu().clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
-    return Path(path)
-
-
 def clip_float(text):
     """A float > 0, or 'none' (= inf: no clipping)."""
     return math.inf if text.lower() == "none" else positive_float(text)

@@ -13,9 +13,9 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import sample_quality, sample_references
 from ebm.ebm import DEFAULT_PATH, load
-from ebm.protocol import SAMPLE_STEPS, draw_samples, save_grid
+from ebm.protocol import SAMPLE_STEPS, draw_samples
 from mnistgen.files import ensure_writable
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli
+from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid
 
 
 def build_parser():
@@ -40,7 +40,7 @@ def main(argv=None):
     start = time.time()
     imgs = draw_samples(trainer, args.num_samples, args.sample_steps, args.seed)
     print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps from U(0,1) noise, {time.time() - start:.1f}s")
-    print(f"figure: {save_grid(imgs[:100], figure, nrow=10)}")
+    print(f"figure: {save_image_grid(imgs[:100], figure, nrow=10)}")
     try:
         for name, x in {"EBM samples": imgs, **sample_references(len(imgs), args.data_root, args.seed)}.items():
             q = sample_quality(x, device, args.data_root)

@@ -11,7 +11,7 @@ import torch
 
 from mnistgen.data import batches, load_mnist
 from mnistgen.files import atomic_torch_save, atomic_write, ensure_writable, ensure_writable_dir
-from mnistgen.utils import CsvLog, UserError, plot_curves
+from mnistgen.utils import CsvLog, UserError, plot_curves, save_image_grid
 from vae.vae import SEED, generate_samples, gaussian_nll, kl_divergence, load, one_hot
 
 SAMPLES_FILE = "vae_generated_samples.pt"  # the starter's --eval output, in the current folder
@@ -67,14 +67,6 @@ def sample_check(model, scorer, per_class, device, seed=CHECK_SEED):
     return score["accuracy"], score["class_fid"]
 
 
-def save_grid(images, path, nrow=10):
-    """A PNG grid of images (N, C, H, W) in [0, 1], written atomically (a kill leaves the previous file)."""
-    from torchvision.utils import save_image
-    with atomic_write(path) as tmp:
-        save_image(images.detach().float().cpu().clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
-    return Path(path)
-
-
 def starter_samples(model, device, seed):
     torch.manual_seed(seed)  # the starter's protocol (see the module docstring)
     return generate_samples(model, 1000, device)
@@ -91,7 +83,7 @@ def run_eval(args, device):
     model = load(args.load_path, device)
     samples = starter_samples(model, device, args.seed)
     atomic_torch_save(samples, samples_path)
-    save_grid(samples["imgs"][:100], grid_path)
+    save_image_grid(samples["imgs"][:100], grid_path)
     print(f"wrote {samples_path} ({len(samples['imgs'])} samples, 1000 per class) and {grid_path}")
     test_x, test_y = load_mnist(train=False, data_root=args.data_root)
     stats = test_statistics(model, test_x, test_y, device, torch.Generator().manual_seed(args.seed))
@@ -144,7 +136,7 @@ def reconstructions(model, device, data_root, path):
     x, y = images[idx].to(device), one_hot(labels[idx], device)
     recon = model.decode(model.encode(x, y)[0], y).reshape(-1, 1, 28, 28).cpu()
     rows = torch.stack([x.cpu().reshape(5, 10, 1, 28, 28), recon.reshape(5, 10, 1, 28, 28)], 1)
-    save_grid(rows.reshape(-1, 1, 28, 28), path)
+    save_image_grid(rows.reshape(-1, 1, 28, 28), path)
     print(f"wrote {path}")
 
 
@@ -160,7 +152,7 @@ def temperature_sweep(model, device, data_root, seed, temperatures, path):
             print(f"temperature {t:.2f}: accuracy {100 * s['accuracy']:.2f}%  per-class FID {s['class_fid']:.3f}  "
                   f"FID {s['fid']:.3f}  confidence {s['confidence']:.4f}")
     model.temperature = shipped
-    save_grid(torch.cat(grid), path)
+    save_image_grid(torch.cat(grid), path)
     print(f"wrote {path} (two rows per temperature: {', '.join(f'{t:.2f}' for t in temperatures)})")
 
 
@@ -169,7 +161,7 @@ def readme_figures(load_path, logdir, figures_dir, device, data_root=None, seed=
     vae_temperature.png in `figures_dir`."""
     folder = ensure_writable_dir(figures_dir, "figures folder")
     model = load(load_path, device)
-    save_grid(starter_samples(model, device, seed)["imgs"][:100], folder / "vae_grid.png")
+    save_image_grid(starter_samples(model, device, seed)["imgs"][:100], folder / "vae_grid.png")
     print(f"wrote {folder / 'vae_grid.png'}")
     curves(logdir, folder / "vae_curves.png")
     reconstructions(model, device, data_root, folder / "vae_reconstructions.png")

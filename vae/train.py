@@ -14,8 +14,8 @@ from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_ch
 from mnistgen.data import batches, load_mnist
 from mnistgen.files import ensure_writable, ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, fit, run_options
-from mnistgen.utils import CsvLog, seed_everything
-from vae.evaluate import (CHECK_SEED, CURVE_PANELS, readme_figures, sample_check, save_grid, starter_samples,
+from mnistgen.utils import CsvLog, save_image_grid, seed_everything
+from vae.evaluate import (CHECK_SEED, CURVE_PANELS, readme_figures, sample_check, starter_samples,
                           test_statistics, try_scorer)
 from vae.vae import DEFAULT_LOGDIR, IMG_SIZE, KIND, LABEL_SIZE, LATENT_SIZE, VAEConfig, build, negative_elbo, one_hot
 
@@ -80,7 +80,7 @@ class VAETask(Task):
                 self.model, self.scorer, self.args.check_per_class, self.device)
             save_checkpoint(snapshot_path(run_dir, step), KIND, self.config,
                             model=half_state(self.model.state_dict()), epoch=epoch, step=step)
-        save_grid(self.model.sample(self.grid_latent, self.grid_label), run_dir / "grids" / f"epoch_{epoch:03d}.png")
+        save_image_grid(self.model.sample(self.grid_latent, self.grid_label), run_dir / "grids" / f"epoch_{epoch:03d}.png")
         return metrics
 
     def finalize(self, best_path, run_dir):
