@@ -213,12 +213,14 @@ class Trainer:
                 x[from_buffer] = torch.stack(picks).to(self.device)
         return x
 
-    def sample(self, num_samples, steps=None, generator=None):
-        """Unconditional samples: Langevin chains from uniform noise (default: 4 x langevin_k steps)."""
+    def sample(self, num_samples, steps=None, generator=None, start=None, step_size=None):
+        """Unconditional samples: Langevin chains (default: 4 x langevin_k steps of langevin_lr) from `start`
+        (num_samples images), by default uniform noise."""
         shape = (num_samples,) + tuple(self.model.input_shape)
-        x = torch.rand(shape, generator=generator).to(self.device)
+        x = torch.rand(shape, generator=generator) if start is None else start
         steps = 4 * self.langevin_k if steps is None else steps
-        return self._langevin(x, steps, self.langevin_lr, self.langevin_noise_std, generator=generator)
+        step_size = self.langevin_lr if step_size is None else step_size
+        return self._langevin(x.to(self.device), steps, step_size, self.langevin_noise_std, generator=generator)
 
     # ---- training -------------------------------------------------------------------------
     def loss_terms(self, x_pos, x_neg):

@@ -9,6 +9,7 @@ import argparse
 import math
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ebm.ebm import INPAINT_KEYS, EBMConfig, MlpBackbone, row_corruption, trainer_for
@@ -17,9 +18,10 @@ from mnistgen.utils import UserError, nonnegative_float, positive_float, positiv
 
 NOISE_STD = 0.3       # corruption of the even rows (assignment protocol)
 VAL_IMAGES = 2000     # the last 2,000 training images are held out: validation and tuning, never trained on
-# Langevin steps of an unconditional sample from noise: training negatives live in the replay buffer for
-# ~1/(1 - replay_p) = 20 iterations of K = 20 steps, so chains of this order are what the model was shaped by.
-SAMPLE_STEPS = 1000
+# Unconditional samples: chains from `smoothed_noise`, 300 steps of 30 (chosen on held-out training images:
+# the chains hardly move after ~300 steps; a larger step reaches the same place sooner; ebm/README.md).
+SAMPLE_STEPS = 300
+SAMPLE_STEP_SIZE = 30.0
 NUM_SAMPLES = 1000    # samples scored by `figures`
 
 
@@ -63,10 +65,23 @@ def held_out_images(data_root=None):
 
 
 # ---------------------------------------------------------------------------------------------- samples
-def draw_samples(trainer, n, steps=SAMPLE_STEPS, seed=42):
-    """n unconditional samples: Langevin chains of `steps` steps from U(0, 1) noise, 500 at a time."""
+def smoothed_noise(n, generator, shape=(1, 28, 28)):
+    """Noise that unconditional chains start from: U(0, 1) pixels blurred by a 3x3 box filter and stretched
+    back to [0, 1] per image. Still pure noise, but with strokes-sized blobs instead of single-pixel speckle,
+    so the chains settle into digits (held-out FID 7.65 vs 9.18 from plain U(0, 1); ebm/README.md)."""
+    u = torch.rand((n, *shape), generator=generator)
+    blurred = F.avg_pool2d(u, 3, stride=1, padding=1, count_include_pad=False)
+    lo, hi = blurred.amin((-2, -1), keepdim=True), blurred.amax((-2, -1), keepdim=True)
+    return (blurred - lo) / (hi - lo)
+
+
+def draw_samples(trainer, n, steps=SAMPLE_STEPS, seed=42, step_size=SAMPLE_STEP_SIZE):
+    """n unconditional samples: Langevin chains of `steps` steps of `step_size` from `smoothed_noise`, 500 at
+    a time (chain noise and clipping as in training)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.cat([trainer.sample(min(500, n - s), steps=steps, generator=gen).cpu() for s in range(0, n, 500)])
+    batches = [min(500, n - s) for s in range(0, n, 500)]
+    return torch.cat([trainer.sample(b, steps=steps, generator=gen, start=smoothed_noise(b, gen), step_size=step_size)
+                      .cpu() for b in batches])
 
 
 def figures(trainer, device, data_root=None):

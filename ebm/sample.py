@@ -13,9 +13,10 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import sample_quality, sample_references
 from ebm.ebm import DEFAULT_PATH, load
-from ebm.protocol import SAMPLE_STEPS, draw_samples
+from ebm.protocol import SAMPLE_STEP_SIZE, SAMPLE_STEPS, draw_samples
 from mnistgen.files import ensure_writable
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid
+from mnistgen.utils import (REPO_ROOT, UserError, add_common_args, pick_device, positive_float, positive_int, run_cli,
+                            save_image_grid)
 
 
 def build_parser():
@@ -25,6 +26,8 @@ def build_parser():
     p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
     p.add_argument("--sample_steps", type=positive_int, default=SAMPLE_STEPS,
                    help=f"Langevin steps per sample (default: {SAMPLE_STEPS})")
+    p.add_argument("--step_size", type=positive_float, default=SAMPLE_STEP_SIZE,
+                   help=f"Langevin step size (default: {SAMPLE_STEP_SIZE:g})")
     p.add_argument("--seed", type=int, default=42, help="seed of the chains and of the references (default: 42)")
     p.add_argument("--figure", default="ebm_samples.png",
                    help="PNG grid of the first 100 samples (default: ebm_samples.png in the current folder)")
@@ -38,8 +41,9 @@ def main(argv=None):
     device = pick_device(args.device)
     trainer = load(args.load_dir, device)
     start = time.time()
-    imgs = draw_samples(trainer, args.num_samples, args.sample_steps, args.seed)
-    print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps from U(0,1) noise, {time.time() - start:.1f}s")
+    imgs = draw_samples(trainer, args.num_samples, args.sample_steps, args.seed, args.step_size)
+    print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps of {args.step_size:g} from smoothed noise, "
+          f"{time.time() - start:.1f}s")
     print(f"figure: {save_image_grid(imgs[:100], figure, nrow=10)}")
     try:
         for name, x in {"EBM samples": imgs, **sample_references(len(imgs), args.data_root, args.seed)}.items():

@@ -1,7 +1,7 @@
 """The main job: `python -m report` evaluates every shipped model in models/ and prints one table.
 
 A model whose checkpoint is missing or broken is marked in the table and the others are still
-evaluated (exit code 1 when any was broken); nothing is faked.
+evaluated (then a one-line error, exit code 2); nothing is faked.
 """
 import argparse
 import sys
