@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from mnistgen.checkpoint import CheckpointError, half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.files import ensure_writable, ensure_writable_dir
-from mnistgen.utils import CsvLog, UserError, plot_curves
+from mnistgen.utils import CsvLog, UserError, plot_curves, positive_float, positive_int
 
 
 class TrainingDiverged(UserError):
@@ -60,16 +60,16 @@ def add_run_args(parser, logdir, save_path, epochs=None, figures=True):
     """The training flags every model's script shares; `epochs` is the model's default --num_epochs;
     figures=False for a model without README figures (no --figures_dir)."""
     if epochs is not None:
-        parser.add_argument("--num_epochs", type=_positive_int, default=epochs, help=f"training epochs (default: {epochs})")
+        parser.add_argument("--num_epochs", type=positive_int, default=epochs, help=f"training epochs (default: {epochs})")
     parser.add_argument("--logdir", default=None,
                         help=f"run folder: log.csv, curves.png, grids, last.pt (for --resume), best.pt (default: {logdir})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its last.pt")
     parser.add_argument("--save_path", default=None,
                         help=f"where the shipped checkpoint goes (default: {save_path}, written only by a complete "
                              "run: not with --limit or a --max_minutes stop)")
-    parser.add_argument("--limit", type=_positive_int, default=None,
+    parser.add_argument("--limit", type=positive_int, default=None,
                         help="train on the first N training images only (smoke runs; never ships)")
-    parser.add_argument("--max_minutes", type=_positive_float, default=None,
+    parser.add_argument("--max_minutes", type=positive_float, default=None,
                         help="stop (resumable) after this many minutes of training (default: no limit)")
     if figures:
         parser.add_argument("--figures_dir", default=None,
@@ -89,14 +89,14 @@ def run_options(args, name, total_steps, eval_every, **extra):
                       default_figures_dir=REPO_ROOT / "figures", **extra)
 
 
-def _positive_int(text):
-    from mnistgen.utils import positive_int
-    return positive_int(text)
-
-
-def _positive_float(text):
-    from mnistgen.utils import positive_float
-    return positive_float(text)
+def check_outputs(save_path, figures_dir, logdir, flags=("--save_path", "--figures_dir", "--logdir")):
+    """Fail in one line, before any work, when an output location of a run cannot be written. `flags` names
+    them as the script spells them (realnvp/train.py keeps the skeleton's dashes)."""
+    if save_path is not None:
+        ensure_writable(save_path, flags[0])
+    if figures_dir is not None:
+        ensure_writable_dir(figures_dir, flags[1])
+    ensure_writable_dir(logdir, f"run folder ({flags[2]})")
 
 
 class Task:
@@ -173,7 +173,7 @@ class Run:
 
     def __init__(self, task, opts):
         self.task, self.opts = task, opts
-        self.dir = ensure_writable_dir(opts.logdir, "run folder (--logdir)")
+        self.dir = Path(opts.logdir)  # checked (and cleaned of stale temporaries) by `check_outputs`
         self.last, self.best_path = self.dir / "last.pt", self.dir / "best.pt"
         self.log = CsvLog(self.dir / "log.csv")
         self.step, self.best, self.lr_factor, self.minutes = 0, None, 1.0, 0.0
@@ -263,11 +263,7 @@ class Run:
 
 def fit(task, opts):
     """Train `task` with the options; returns the path of the shipped checkpoint (or best.pt)."""
-    ship_to = opts.save_path
-    if ship_to is not None:
-        ensure_writable(ship_to, "--save_path")
-    if opts.figures_dir is not None:
-        ensure_writable_dir(opts.figures_dir, "--figures_dir")
+    check_outputs(opts.save_path, opts.figures_dir, opts.logdir)
     run = Run(task, opts)
     if opts.resume:
         run.load_last()

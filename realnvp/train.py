@@ -21,8 +21,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from mnistgen.checkpoint import half_state, load_model, load_state
 from mnistgen.data import load_mnist
-from mnistgen.files import ensure_writable, ensure_writable_dir
-from mnistgen.training import Task, TrainingDiverged, fit, run_options
+from mnistgen.files import ensure_writable_dir
+from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
 from mnistgen.utils import (CsvLog, UserError, add_common_args, pick_device, plot_curves, positive_float,
                             positive_int, run_cli, save_image_grid, seed_everything)
 from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
@@ -243,12 +243,7 @@ def main(argv=None):
         raise UserError(f"--batch-size {args.batch_size} is larger than the {len(train_images)} training images")
     steps_per_epoch = len(train_images) // args.batch_size
     opts = run_options(args, KIND, args.epochs * steps_per_epoch, eval_every=steps_per_epoch)
-    # fit checks these too, but its messages name add_run_args' spellings (--save_path, --logdir)
-    if opts.save_path:
-        ensure_writable(opts.save_path, "--model-dir")
-    if opts.figures_dir:
-        ensure_writable_dir(opts.figures_dir, "--figures-dir")
-    ensure_writable_dir(opts.logdir, "run folder (--log-dir)")
+    check_outputs(opts.save_path, opts.figures_dir, opts.logdir, ("--model-dir", "--figures-dir", "--log-dir"))
     img_dir = ensure_writable_dir(args.img_save_dir or opts.logdir / "images", "sample-grid folder (--img-save-dir)")
     seed_everything(args.seed)   # the initial weights (a resumed run reloads its own)
     task = RealNVPTask(config, train_images, test_images, img_dir, args, device)

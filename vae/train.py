@@ -12,8 +12,7 @@ import torch
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
-from mnistgen.files import ensure_writable, ensure_writable_dir
-from mnistgen.training import Task, TrainingDiverged, fit, run_options
+from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
 from mnistgen.utils import CsvLog, save_image_grid, seed_everything
 from vae.evaluate import (CHECK_SEED, CURVE_PANELS, readme_figures, sample_check, starter_samples,
                           test_statistics, try_scorer)
@@ -122,11 +121,7 @@ def snapshot_path(run_dir, step):
 
 def train(args, device):
     # every output location is checked before the data, the classifier and the model are loaded
-    if args.save_path:
-        ensure_writable(args.save_path, "--save_path")
-    if args.figures_dir:
-        ensure_writable_dir(args.figures_dir, "--figures_dir")
-    ensure_writable_dir(args.logdir or DEFAULT_LOGDIR, "run folder (--logdir)")
+    check_outputs(args.save_path, args.figures_dir, args.logdir or DEFAULT_LOGDIR)
     config = VAEConfig(IMG_SIZE, LABEL_SIZE, LATENT_SIZE, temperature=args.temperature)
     train_data = [t[:args.limit] for t in load_mnist(train=True, data_root=args.data_root)]
     test_data = [t[:args.limit] for t in load_mnist(train=False, data_root=args.data_root)]
