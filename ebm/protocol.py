@@ -18,10 +18,14 @@ from mnistgen.utils import UserError, nonnegative_float, positive_float, positiv
 
 NOISE_STD = 0.3       # corruption of the even rows (assignment protocol)
 VAL_IMAGES = 2000     # the last 2,000 training images are held out: validation and tuning, never trained on
-# Unconditional samples: chains from `smoothed_noise`, 300 steps of 30 (chosen on held-out training images:
-# the chains hardly move after ~300 steps; a larger step reaches the same place sooner; ebm/README.md).
+# Unconditional samples: chains from a Gaussian mixture fitted to the training images (`StartMixture`), 300
+# steps of 30 (chosen on held-out training images: the chains hardly move after ~300 steps; a larger step reaches
+# the same place sooner; ebm/README.md).
 SAMPLE_STEPS = 300
 SAMPLE_STEP_SIZE = 30.0
+START_CLUSTERS = 10       # k-means clusters of the start mixture (no labels)
+START_COMPONENTS = 30     # principal directions of each cluster's Gaussian
+START_KINDS = ("mixture", "noise")
 NUM_SAMPLES = 1000    # samples scored by `figures`
 
 
@@ -75,12 +79,58 @@ def smoothed_noise(n, generator, shape=(1, 28, 28)):
     return (blurred - lo) / (hi - lo)
 
 
-def draw_samples(trainer, n, steps=SAMPLE_STEPS, seed=42, step_size=SAMPLE_STEP_SIZE):
-    """n unconditional samples: Langevin chains of `steps` steps of `step_size` from `smoothed_noise`, 500 at
-    a time (chain noise and clipping as in training)."""
+class StartMixture:
+    """Where unconditional chains start: a mixture of Gaussians fitted to the EBM's training images (all but the
+    held-out ones) without labels. k-means (`clusters`, seeded) splits the images; each cluster gets a Gaussian
+    with its mean and its top `components` principal directions; a draw picks a cluster in proportion to its size,
+    adds Gaussian noise along those directions and clips to [0, 1]. The draws are blurry digit-like blobs
+    (FID 17 in the classifier's features, real digits 0.26): the chains turn them into digits (ebm/README.md)."""
+
+    def __init__(self, images, clusters=START_CLUSTERS, components=START_COMPONENTS, seed=0, iterations=20):
+        x = images.reshape(len(images), -1).double()
+        gen = torch.Generator().manual_seed(seed)
+        centres = x[torch.randperm(len(x), generator=gen)[:clusters]].clone()
+        for _ in range(iterations):
+            assign = torch.cdist(x, centres).argmin(1)
+            centres = torch.stack([x[assign == j].mean(0) if (assign == j).any() else centres[j]
+                                   for j in range(clusters)])
+        self.shape = tuple(images.shape[1:])
+        self.weights = torch.bincount(assign, minlength=clusters).double()
+        self.means, self.bases = centres.float(), []
+        for j in range(clusters):   # eigh of the covariance: deterministic, unlike randomized PCA
+            values, vectors = torch.linalg.eigh(torch.cov(x[assign == j].T))
+            top = values.flip(0)[:components].clamp(min=0).sqrt()
+            self.bases.append((vectors.flip(1)[:, :components] * top).float())   # (D, components), scaled
+        self.bases = torch.stack(self.bases)
+
+    def sample(self, n, generator):
+        cluster = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.bases.size(2), 1, generator=generator)
+        x = self.means[cluster] + torch.bmm(self.bases[cluster], z).squeeze(2)
+        return x.clamp(0, 1).view(n, *self.shape)
+
+
+_START_MIXTURES = {}
+
+
+def start_mixture(data_root=None):
+    """The StartMixture of the training images the EBM trained on (fitted once per process, about 10 s)."""
+    key = str(data_root)
+    if key not in _START_MIXTURES:
+        _START_MIXTURES[key] = StartMixture(load_mnist(train=True, data_root=data_root)[0][:-VAL_IMAGES])
+    return _START_MIXTURES[key]
+
+
+def draw_samples(trainer, n, steps=SAMPLE_STEPS, seed=42, step_size=SAMPLE_STEP_SIZE, start="mixture",
+                 data_root=None):
+    """n unconditional samples: Langevin chains of `steps` steps of `step_size`, 500 at a time (chain noise and
+    clipping as in training), from `start_mixture` draws ("mixture") or from `smoothed_noise` ("noise")."""
+    if start not in START_KINDS:
+        raise UserError(f"unknown chain start {start!r} (expected one of {', '.join(START_KINDS)})")
     gen = torch.Generator().manual_seed(seed)
+    draw = start_mixture(data_root).sample if start == "mixture" else smoothed_noise
     batches = [min(500, n - s) for s in range(0, n, 500)]
-    return torch.cat([trainer.sample(b, steps=steps, generator=gen, start=smoothed_noise(b, gen), step_size=step_size)
+    return torch.cat([trainer.sample(b, steps=steps, generator=gen, start=draw(b, gen), step_size=step_size)
                       .cpu() for b in batches])
 
 
@@ -89,8 +139,9 @@ def figures(trainer, device, data_root=None):
 
     mse, mse_corrupted, mse_interpolation: mean per-image MSE on the 10,000 test images (noise seed 42) of the
     EBM's inpainting, the corrupted input and the row-interpolation baseline. When the classifier is shipped,
-    samples / real / noise: its dict(confidence, counts, fid) for NUM_SAMPLES samples of SAMPLE_STEPS Langevin
-    steps, as many real training digits and as many U(0, 1) noise images; otherwise `samples_unavailable` says why."""
+    samples / start / real / noise: its dict(confidence, counts, fid) for NUM_SAMPLES samples of SAMPLE_STEPS Langevin
+    steps, as many draws of the chains' start (`StartMixture`), real training digits and U(0, 1) noise images;
+    otherwise `samples_unavailable` says why."""
     from classifier.unconditional import sample_quality, sample_references
     if isinstance(trainer, MlpBackbone):
         trainer = trainer_for(trainer, EBMConfig(), device)
@@ -99,9 +150,11 @@ def figures(trainer, device, data_root=None):
     numbers = dict(test_images=len(test_images), sample_steps=SAMPLE_STEPS, num_samples=NUM_SAMPLES,
                    **{key: res[key].mean().item() for key in ("mse", "mse_corrupted", "mse_interpolation")})
     try:
-        samples = draw_samples(trainer, NUM_SAMPLES, SAMPLE_STEPS)
+        samples = draw_samples(trainer, NUM_SAMPLES, SAMPLE_STEPS, data_root=data_root)
         references = sample_references(NUM_SAMPLES, data_root)
-        sets = dict(samples=samples, real=references["real training digits"], noise=references["uniform noise"])
+        starts = start_mixture(data_root).sample(NUM_SAMPLES, torch.Generator().manual_seed(42))
+        sets = dict(samples=samples, start=starts, real=references["real training digits"],
+                    noise=references["uniform noise"])
         numbers.update({name: sample_quality(x, device, data_root) for name, x in sets.items()})
     except UserError as err:  # no classifier yet
         numbers["samples_unavailable"] = str(err)
