@@ -22,10 +22,12 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from mnistgen.data import load_mnist
 from mnistgen.utils import REPO_ROOT, add_common_args, pick_device, positive_int, run_cli, take_first
-from realnvp.realnvp import (DEFAULT_PATH, evaluate_bpd, inpaint_mse, load, masked_inputs, nearest_neighbour,
-                             run_inpainting)
+from mnistgen.utils import UserError
+from realnvp.realnvp import (DEFAULT_PATH, draw_samples, evaluate_bpd, inpaint_mse, load, masked_inputs,
+                             nearest_neighbour, run_inpainting)
 
 LIVE_IMAGES = 20
+NUM_SAMPLES = 1000    # samples (temperature 1.0, seed 0) scored by the classifier, as `realnvp/sample.py` does
 RECORDED = {"train": REPO_ROOT / "figures" / "realnvp_inpainting_train.json",
             "test": REPO_ROOT / "figures" / "realnvp_inpainting_test.json"}
 
@@ -33,7 +35,9 @@ RECORDED = {"train": REPO_ROOT / "figures" / "realnvp_inpainting_train.json",
 def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     """{'test_bpd': bits/dim on the 10,000 test images, 'num_images': N, 'inpaint_mse': masked-half MSE of
     the protocol (seed 0) on the first N test images, 'nn_mse': the nearest-neighbour baseline's on the same
-    images, 'recorded': `recorded()`}. About a minute on a 2-core CPU."""
+    images, 'recorded': `recorded()`, 'samples': the classifier's dict(confidence, counts, fid) of NUM_SAMPLES
+    samples at temperature 1.0 (or 'samples_unavailable': why not)}. About a minute on a 2-core CPU."""
+    from classifier.unconditional import sample_quality
     model = model.to(device).eval()
     test_images = load_mnist(train=False, data_root=data_root)[0]
     images = take_first(test_images, num_images, "test images")
@@ -42,8 +46,13 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     with tempfile.TemporaryDirectory() as savedir:
         recovered = run_inpainting(model, corrupted, mask, savedir)
     baseline = nearest_neighbour(raw, load_mnist(train=True, data_root=data_root)[0])
-    return dict(test_bpd=bpd, num_images=len(images), inpaint_mse=inpaint_mse(recovered, raw)["masked"],
-                nn_mse=inpaint_mse(baseline, raw)["masked"], recorded=recorded())
+    numbers = dict(test_bpd=bpd, num_images=len(images), inpaint_mse=inpaint_mse(recovered, raw)["masked"],
+                   nn_mse=inpaint_mse(baseline, raw)["masked"], recorded=recorded(), num_samples=NUM_SAMPLES)
+    try:
+        numbers["samples"] = sample_quality(draw_samples(model, NUM_SAMPLES), device, data_root)
+    except UserError as err:  # no classifier yet
+        numbers["samples_unavailable"] = str(err)
+    return numbers
 
 
 def recorded(paths=RECORDED):
@@ -77,6 +86,10 @@ def main(argv=None):
         base = f", NN baseline {rec['nn_mse']:.4f}" if "nn_mse" in rec else ""
         print(f"inpainting MSE, masked half, {rec['num_images']} {split} images (recorded by inpainting.py): "
               f"{rec['mse']:.4f}{base}")
+    if "samples" in res:
+        q = res["samples"]
+        print(f"{res['num_samples']} samples at temperature 1.0: classifier confidence {q['confidence']:.3f}, FID to "
+              f"the test set {q['fid']:.2f} (classifier features), predicted class counts {q['counts']}")
     print(f"({time.time() - start:.0f} s)")
     return res
 

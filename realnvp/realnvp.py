@@ -52,6 +52,8 @@ class RealNVPConfig:
     channel: Tuple[int, ...] = (2,)       # conv/split: channel couplings after each squeeze
     num_blocks: int = 8                   # mlp: (coupling, batch norm, shuffle) blocks
     bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
+    bottom_couplings: int = 0             # split: conv couplings of the bottom half given the top (0: Gaussian)
+    bottom_hidden: int = 32               # split: channels of their nets
 
     def __post_init__(self):
         if self.arch not in ARCH_FIELDS:
@@ -64,7 +66,8 @@ class RealNVPConfig:
 
 # The fields each architecture reads, and the resolutions of the multi-scale ones (conv: 28x28, 14x14,
 # 7x7; split: the top half at 14x28, 7x14).
-ARCH_FIELDS = {"split": ("num_hidden", "hidden", "res_blocks", "checker", "channel", "bn_momentum"),
+ARCH_FIELDS = {"split": ("num_hidden", "hidden", "res_blocks", "checker", "channel", "bn_momentum", "bottom_couplings",
+                         "bottom_hidden"),
                "conv": ("hidden", "res_blocks", "checker", "channel", "bn_momentum"),
                "mlp": ("num_hidden", "num_blocks", "bn_momentum")}
 LEVELS = {"conv": 3, "split": 2}
@@ -221,6 +224,34 @@ class ConvCouplingLayer(nn.Module):
         return torch.cat([y.flatten(1), rest], dim=1), logdet
 
 
+class BottomCouplingLayer(nn.Module):
+    """Affine coupling of the bottom half (rows 14-27) given the top half and half of the bottom itself.
+
+    The bottom half's pixels where the checkerboard `parity` is 1 pass through; the others get
+    z = x * exp(s) + t, with s, t from a conv net that sees the whole 28x28 image (top rows, passing bottom
+    pixels, zeros elsewhere) plus the indicator of what it sees: the top half is the context, adjacent to the
+    rows it conditions. Starts as the identity (zero-initialised last layer)."""
+
+    def __init__(self, num_inputs, parity, hidden, res_blocks=1):
+        super().__init__()
+        self.num_inputs = num_inputs
+        seen = torch.ones(1, 28, 28)
+        seen[:, 14:] = checkerboard((1, 14, 28), parity)
+        self.register_buffer("seen", seen)
+        self.net = _ResNet(2, hidden, 2, res_blocks)
+        self.scale = nn.Parameter(torch.ones(1, 1, 1))
+
+    def forward(self, inputs, mode="direct", **kwargs):
+        image = inputs.view(-1, 1, 28, 28)
+        net_in = torch.cat([image * self.seen, self.seen.expand_as(image)], dim=1)
+        raw_s, t = self.net(net_in).chunk(2, dim=1)
+        free = 1 - self.seen
+        log_s, t = (self.scale * torch.tanh(raw_s) * free).flatten(1), (t * free).flatten(1)
+        if mode == "direct":
+            return inputs * torch.exp(log_s) + t, log_s.sum(-1, keepdim=True)
+        return (inputs - t) * torch.exp(-log_s), -log_s.sum(-1, keepdim=True)
+
+
 class FlowSequential(nn.Sequential):
     """A sequence of flow layers with a standard-normal prior on the output."""
 
@@ -360,7 +391,8 @@ def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=
     return modules
 
 
-def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS):
+def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum, bottom_couplings=0, bottom_hidden=32,
+                   num_inputs=NUM_INPUTS):
     """log p(x) = log p(bottom | top) + log p(top), built for the inpainting protocol.
 
     First (data side) the skeleton's CouplingLayer with the first/second-half mask: the bottom half's
@@ -373,6 +405,8 @@ def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum
     top = torch.zeros(num_inputs)
     top[: num_inputs // 2] = 1
     modules = [CouplingLayer(num_inputs, num_hidden, top), BatchNormFlow(num_inputs, bn_momentum)]
+    for k in range(bottom_couplings):
+        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks), BatchNormFlow(num_inputs, bn_momentum)]
     return modules + _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs,
                                    shape=(1, 14, 28))
 
@@ -410,7 +444,7 @@ def build(config):
         modules = _skeleton_init(_mlp_modules(c.num_hidden, c.num_blocks, c.bn_momentum))
     else:
         modules = _skeleton_init(_split_modules(c.num_hidden, c.hidden, c.res_blocks, c.checker, c.channel,
-                                                c.bn_momentum))
+                                                c.bn_momentum, c.bottom_couplings, c.bottom_hidden))
         for net in (modules[0].scale_net, modules[0].translate_net):
             nn.init.zeros_(net[-1].weight)   # the bottom-half coupling starts as the identity
     return FlowSequential(None, *modules)
@@ -497,6 +531,20 @@ def evaluate_bpd(model, images, batch_size=500, seed=1234):
         x, log_scale = preprocess(images[start:start + batch_size], gen)
         total += bits_per_dim(model, x.to(device), log_scale.to(device)).sum().item()
     return total / len(images)
+
+
+@torch.no_grad()
+def draw_samples(model, n, temperature=1.0, seed=0, batch_size=500):
+    """n images (n, 1, 28, 28) in [0, 1]: sigmoid of the flow's inverse of z ~ N(0, temperature^2 I), z drawn
+    from a generator seeded with `seed`."""
+    gen = torch.Generator().manual_seed(seed)
+    device = model.prior_loc.device
+    model.eval()
+    out = []
+    for start in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - start), model.num_inputs, generator=gen) * temperature
+        out.append(torch.sigmoid(model.sample(noise=z.to(device))).cpu())
+    return torch.cat(out).view(-1, 1, 28, 28)
 
 
 # ---------------------------------------------------------------------------------------------

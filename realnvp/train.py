@@ -88,6 +88,11 @@ def build_parser():
     p.add_argument("--num-hidden", type=positive_int, default=None,
                    help="hidden units of the MLP couplings (split: of the bottom-half coupling) "
                         f"(default: {preset_defaults('num_hidden')})")
+    p.add_argument("--bottom-couplings", type=int, choices=range(0, 17), default=None, metavar="{0..16}",
+                   help="split: conv couplings that model the bottom half given the top after its Gaussian stage "
+                        f"(default: {preset_defaults('bottom_couplings')})")
+    p.add_argument("--bottom-hidden", type=positive_int, default=None,
+                   help=f"split: channels of their nets (default: {preset_defaults('bottom_hidden')})")
     p.add_argument("--bn-images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
                         "shipped checkpoint is recomputed over the whole training set)")
@@ -116,7 +121,8 @@ def build_parser():
 
 def model_config(args):
     """The --arch preset with the architecture flags given."""
-    given = {f: getattr(args, f) for f in ("hidden", "checker", "channel", "res_blocks", "num_blocks", "num_hidden")
+    given = {f: getattr(args, f) for f in ("hidden", "checker", "channel", "res_blocks", "num_blocks", "num_hidden",
+                                           "bottom_couplings", "bottom_hidden")
              if getattr(args, f) is not None}
     for field in given:
         if field not in ARCH_FIELDS[args.arch]:

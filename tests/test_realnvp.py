@@ -11,14 +11,15 @@ from conftest import REPO_ROOT, assert_one_line_error, run_script
 from mnistgen.checkpoint import CheckpointError, config_from_dict, load_checkpoint, save_checkpoint
 from mnistgen.data import load_mnist
 from realnvp import (DEFAULT_PATH, KIND, PRESETS, BatchNormFlow, ConvCouplingLayer, CouplingLayer, RealNVPConfig,
-                     Shuffle, bits_per_dim, build, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
+                     Shuffle, bits_per_dim, build, draw_samples, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
                      preprocess, recompute_batchnorm)
-from realnvp.realnvp import HALF, HI, LO, channel_mask, checkerboard, logit_logdet
+from realnvp.realnvp import HALF, HI, LO, BottomCouplingLayer, channel_mask, checkerboard, logit_logdet
 
 TINY_CONV = RealNVPConfig(arch="conv", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
 FAST_MLP = RealNVPConfig(arch="mlp", num_hidden=8, num_blocks=2)   # for the 1000-step inpainting
 TINY_MLP = RealNVPConfig(arch="mlp", num_hidden=16, num_blocks=4)
 TINY_SPLIT = RealNVPConfig(arch="split", num_hidden=16, hidden=(4, 6), res_blocks=1, checker=(2, 2), channel=(2,))
+TINY_SPLIT_FLOW = dataclasses.replace(TINY_SPLIT, bottom_couplings=2, bottom_hidden=4)   # non-Gaussian bottom half
 SHIPPED = DEFAULT_PATH
 
 
@@ -30,7 +31,7 @@ def perturb(model, std=0.05):
     """Non-zero output convolutions and batch-norm parameters, so that no layer is the identity."""
     torch.manual_seed(0)
     for m in model.modules():
-        if isinstance(m, ConvCouplingLayer):
+        if isinstance(m, (ConvCouplingLayer, BottomCouplingLayer)):
             torch.nn.init.normal_(m.net.conv_out.weight, std=std)
             torch.nn.init.normal_(m.net.conv_out.bias, std=std)
         if isinstance(m, CouplingLayer):   # the split flow's coupling starts as the identity
@@ -69,13 +70,35 @@ def conv_layer(shape, mask, num_inputs=None):
     return layer
 
 
+def bottom_layer(parity):
+    layer = BottomCouplingLayer(784, parity, hidden=5)
+    torch.nn.init.normal_(layer.net.conv_out.weight, std=0.1)
+    return layer
+
+
+def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones():
+    torch.manual_seed(0)
+    layer = bottom_layer(0).eval()
+    x = torch.randn(2, 784)
+    z, _ = layer(x)
+    seen = layer.seen.flatten().bool()
+    assert seen[:HALF].all() and seen[HALF:].float().mean() == 0.5
+    assert torch.equal(z[:, seen], x[:, seen]) and not torch.allclose(z[:, ~seen], x[:, ~seen])
+    # s and t read only the seen pixels: the output is affine in the free ones, with the same log-det
+    d = torch.zeros_like(x)
+    d[:, ~seen] = torch.randn(2, int((~seen).sum()))
+    (z1, ld1), (z2, ld2) = layer(x + d), layer(x + 2 * d)
+    assert torch.allclose(z2 - z, 2 * (z1 - z), atol=1e-5) and torch.allclose(ld1, ld2)
+
+
 @pytest.mark.parametrize("make", [
     lambda: BatchNormFlow(784, 0.1),
     lambda: Shuffle(784),
     lambda: CouplingLayer(784, 32, (torch.arange(784) % 2).float()),
     lambda: conv_layer((1, 28, 28), checkerboard((1, 28, 28), 0), 784),
     lambda: conv_layer((4, 14, 14), channel_mask((4, 14, 14), 1), 784),
-], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel"])
+    lambda: bottom_layer(1),
+], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel", "bottom-coupling"])
 def test_each_layer_inverts(make):
     torch.manual_seed(1)
     layer = perturb(make()) if isinstance(make(), BatchNormFlow) else make()
@@ -84,7 +107,8 @@ def test_each_layer_inverts(make):
     check_inverse(layer, x, train=True)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT], ids=["conv", "mlp", "split"])
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT, TINY_SPLIT_FLOW],
+                         ids=["conv", "mlp", "split", "split-flow"])
 def test_whole_flow_inverts_and_logdets_cancel(config):
     torch.manual_seed(0)
     model = perturb(build(config)).eval()
@@ -120,7 +144,7 @@ def test_layer_logdet_matches_jacobian(make):
     assert ld.item() == pytest.approx(brute_force_logdet(lambda v: layer(v[None])[0][0], x).item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT], ids=["conv", "split"])
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT, TINY_SPLIT_FLOW], ids=["conv", "split", "split-flow"])
 def test_flow_logdet_matches_jacobian(config):
     torch.manual_seed(3)
     model = perturb(build(config)).double().eval()
@@ -328,11 +352,35 @@ def test_inpainting_script_says_where_its_pictures_are(tmp_path, capsys, monkeyp
     assert "recovery" in out and f"pictures in {tmp_path / 'inpainting_images'}" in out
 
 
-def test_evaluate_figures_are_numbers(tmp_path):
+def test_evaluate_figures_are_numbers(tmp_path, monkeypatch):
+    import realnvp.evaluate as evaluate
+    monkeypatch.setattr(evaluate, "NUM_SAMPLES", 20)
     res = figures(load(tiny_model(tmp_path)), "cpu", num_images=2)
     assert res["num_images"] == 2 and all(isinstance(res[k], float) for k in ("test_bpd", "inpaint_mse", "nn_mse"))
+    assert set(res["samples"]) == {"confidence", "counts", "fid"} and sum(res["samples"]["counts"]) == 20
     for rec in res["recorded"].values():
         assert isinstance(rec["num_images"], int) and isinstance(rec["mse"], float)
+
+
+def test_draw_samples_are_images_and_follow_the_temperature():
+    torch.manual_seed(0)
+    model = perturb(build(TINY_SPLIT_FLOW)).eval()
+    cold, warm = draw_samples(model, 7, temperature=0.1, seed=3), draw_samples(model, 7, temperature=1.0, seed=3)
+    assert cold.shape == (7, 1, 28, 28) and 0 <= cold.min() and cold.max() <= 1
+    assert torch.equal(warm, draw_samples(model, 7, temperature=1.0, seed=3))   # seeded
+    # the same z scaled by the temperature: a colder draw is closer to the image of z = 0
+    centre = torch.sigmoid(model.sample(noise=torch.zeros(1, 784))).view(1, 1, 28, 28)
+    assert (cold - centre).abs().mean() < (warm - centre).abs().mean()
+
+
+def test_sample_script_scores_its_samples(tmp_path, capsys):
+    from realnvp import sample
+    scores = sample.main(["--load_path", str(tiny_model(tmp_path)), "--num_samples", "12", "--temperature", "0.7",
+                          "--figure", str(tmp_path / "s.png"), "--device", "cpu"])
+    assert (tmp_path / "s.png").is_file() and set(scores) == {"RealNVP samples", "real training digits",
+                                                              "uniform noise"}
+    assert sum(scores["RealNVP samples"]["counts"]) == 12
+    assert "12 samples at temperature 0.7" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "conv", "--num-hidden", "8"],
@@ -406,6 +454,9 @@ def test_bad_checkpoint_in_train_eval_is_one_line(tmp_path, fault):
     ("realnvp/evaluate.py", ["--num_images", "99999999"], "--num_images 99999999 exceeds the 10000 test images"),
     ("realnvp/evaluate.py", ["--num_images", "0"], "argument --num_images: expected a positive integer, got 0"),
     ("realnvp/evaluate.py", ["--num_images", "-5"], "argument --num_images: expected a positive integer, got -5"),
+    ("realnvp/sample.py", ["--temperature", "0"], "argument --temperature: expected a finite number > 0, got 0"),
+    ("realnvp/sample.py", ["--figure", "{tmp}/file.txt/s.png"], "cannot write"),
+    ("realnvp/sample.py", ["--load_path", "{tmp}/none.pt"], "none.pt"),
     ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--model-dir", "{tmp}/file.txt/m"], "--model-dir"),
     ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/file.txt/run"], "run folder (--log-dir)"),
     ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--img-save-dir", "{tmp}/file.txt/img"],
