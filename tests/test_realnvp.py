@@ -499,6 +499,6 @@ def test_shipped_figures_are_the_recorded_ones():
     """The main job's live figures of models/realnvp.pt, as the former report() printed them; the split flow
     inpaints the first 20 test images better than the nearest-neighbour baseline."""
     res = figures(load(SHIPPED), "cpu")
-    shown = (f"{res['test_bpd']:.3f}", f"{res['inpaint_mse']:.4f}", f"{res['nn_mse']:.4f}")
-    assert shown == ("1.720", "0.0347", "0.0637")
+    shown = (f"{res['test_bpd']:.3f}", f"{res['inpaint_mse']:.4f}", f"{res['nn_mse']:.4f}", f"{res['samples']['fid']:.2f}")
+    assert shown == ("1.720", "0.0347", "0.0637", "14.31")   # issue 14 measured the same samples figure
     assert res["inpaint_mse"] < res["nn_mse"]
