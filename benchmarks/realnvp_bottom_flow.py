@@ -10,6 +10,7 @@ inpainting protocol (`run_inpainting`, seed 0) on the first --num_images trainin
     python benchmarks/realnvp_bottom_flow.py                 # 4 couplings of 32 channels, 1,500 steps: ~35 min
 """
 import argparse
+import dataclasses
 import math
 import sys
 import tempfile
@@ -22,9 +23,9 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.unconditional import sample_quality
-from mnistgen.checkpoint import load_checkpoint
+from mnistgen.checkpoint import config_from_dict, load_checkpoint
 from mnistgen.data import load_mnist
-from mnistgen.utils import add_common_args, nonnegative_float, positive_int, run_cli, save_image_grid
+from mnistgen.utils import UserError, add_common_args, nonnegative_float, positive_int, run_cli, save_image_grid
 from realnvp.realnvp import (DEFAULT_PATH, KIND, RealNVPConfig, build, draw_samples, evaluate_bpd, inpaint_mse,
                              masked_inputs, preprocess, recompute_batchnorm, run_inpainting)
 
@@ -33,10 +34,10 @@ def with_bottom_couplings(path, couplings, hidden):
     """The split flow of `path` with `couplings` identity-initialised bottom couplings after its first two
     layers (the Gaussian stage and its batch norm); its other layers keep their weights."""
     payload = load_checkpoint(path, KIND)
-    config = RealNVPConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["config"].items()})
+    config = config_from_dict(RealNVPConfig, payload["config"], str(path))
     if config.arch != "split" or config.bottom_couplings:
-        raise SystemExit(f"error: {path} is not a Gaussian split flow")
-    model = build(RealNVPConfig(**{**config.__dict__, "bottom_couplings": couplings, "bottom_hidden": hidden}))
+        raise UserError(f"{path} is not a Gaussian split flow")
+    model = build(dataclasses.replace(config, bottom_couplings=couplings, bottom_hidden=hidden))
     state = {}
     for key, value in payload["model"].items():
         index, _, rest = key.partition(".")

@@ -14,11 +14,11 @@ import torch
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.unconditional import sample_quality, sample_references
+from classifier.unconditional import print_sample_scores, sample_references
 from ebm.ebm import DEFAULT_PATH, load
 from ebm.protocol import SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, smoothed_noise, start_mixture
 from mnistgen.files import ensure_writable
-from mnistgen.utils import (REPO_ROOT, UserError, add_common_args, pick_device, positive_float, positive_int, run_cli,
+from mnistgen.utils import (REPO_ROOT, add_common_args, pick_device, positive_float, positive_int, run_cli,
                             save_image_grid)
 
 
@@ -60,15 +60,8 @@ def main(argv=None):
               else smoothed_noise(len(imgs), gen))
     if start_figure:
         print(f"chain starts: {save_image_grid(starts[:100], start_figure, nrow=10)}")
-    try:
-        sets = {"EBM samples": imgs, "the chains' start alone": starts,
-                **sample_references(len(imgs), args.data_root, args.seed)}
-        for name, x in sets.items():
-            q = sample_quality(x, device, args.data_root)
-            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {q['fid']:.2f} "
-                  f"(classifier features), predicted class counts {q['counts']}")
-    except UserError as err:
-        print(f"no classifier scores: {err}")
+    print_sample_scores({"EBM samples": imgs, "the chains' start alone": starts,
+                         **sample_references(len(imgs), args.data_root, args.seed)}, device, args.data_root)
     return imgs
 
 

@@ -21,8 +21,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.data import load_mnist
-from mnistgen.utils import REPO_ROOT, add_common_args, pick_device, positive_int, run_cli, take_first
-from mnistgen.utils import UserError
+from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, take_first
 from realnvp.realnvp import (DEFAULT_PATH, draw_samples, evaluate_bpd, inpaint_mse, load, masked_inputs,
                              nearest_neighbour, run_inpainting)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from classifier.unconditional import sample_quality, sample_references
+from classifier.unconditional import print_sample_scores, sample_references
 from mnistgen.files import ensure_writable
-from mnistgen.utils import (UserError, add_common_args, pick_device, positive_float, positive_int, run_cli,
+from mnistgen.utils import (add_common_args, pick_device, positive_float, positive_int, run_cli,
                             save_image_grid)
 from realnvp.realnvp import DEFAULT_PATH, draw_samples, load
 
@@ -42,15 +42,8 @@ def main(argv=None):
     imgs = draw_samples(model, args.num_samples, args.temperature, args.seed)
     print(f"{len(imgs)} samples at temperature {args.temperature:g}, {time.time() - start:.1f}s")
     print(f"figure: {save_image_grid(imgs[:100], figure, nrow=10)}")
-    scores = {}
-    try:
-        for name, x in {"RealNVP samples": imgs, **sample_references(len(imgs), args.data_root)}.items():
-            q = scores[name] = sample_quality(x, device, args.data_root)
-            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {q['fid']:.2f} "
-                  f"(classifier features), predicted class counts {q['counts']}")
-    except UserError as err:
-        print(f"no classifier scores: {err}")
-    return scores
+    return print_sample_scores({"RealNVP samples": imgs, **sample_references(len(imgs), args.data_root)}, device,
+                               args.data_root)
 
 
 if __name__ == "__main__":
