@@ -3,11 +3,14 @@
 Takes the shipped split flow (`models/realnvp.pt`: conv flow on the top half, Gaussian p(bottom | top) in logit
 space), inserts --bottom_couplings conv couplings of the bottom half given the top (`BottomCouplingLayer`, each
 starting as the identity, so the start is the shipped model exactly), fine-tunes the whole flow for --steps
-steps (Adam, cosine-decayed learning rate, batch 64), recomputes the batch-norm statistics and prints: test
-bits/dim (10,000 test images), the classifier's scores of 1,000 samples at temperature 1.0 and 0.8, and the
-inpainting protocol (`run_inpainting`, seed 0) on the first --num_images training images with its wall time.
+steps (Adam, cosine-decayed learning rate, batch 64; with --mode_weight the loss adds the squared error of the
+conditional maximum, as `realnvp/train.py --mode-weight` does), recomputes the batch-norm statistics and prints:
+test bits/dim (10,000 test images), the classifier's scores of 1,000 samples at temperature 1.0 and 0.8, the
+masked-half MSE of the conditional maximum (`mode_inpainting`) on the first 1,000 test images, and the inpainting
+protocol (`run_inpainting`, seed 0) on the first --num_images training images with its wall time.
 
-    python benchmarks/realnvp_bottom_flow.py                 # 4 couplings of 32 channels, 1,500 steps: ~35 min
+    python benchmarks/realnvp_bottom_flow.py --bottom_scale seen --bottom_hidden 32   # the README's first row, ~35 min
+    python benchmarks/realnvp_bottom_flow.py --bottom_context 4 --bottom_hidden 16 --mode_weight 20
 """
 import argparse
 import dataclasses
@@ -23,21 +26,25 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.unconditional import sample_quality
-from mnistgen.checkpoint import config_from_dict, load_checkpoint
+from mnistgen.checkpoint import config_from_dict, load_checkpoint, save_checkpoint
 from mnistgen.data import load_mnist
+from mnistgen.files import ensure_writable
 from mnistgen.utils import UserError, add_common_args, nonnegative_float, positive_int, run_cli, save_image_grid
-from realnvp.realnvp import (DEFAULT_PATH, KIND, RealNVPConfig, build, draw_samples, evaluate_bpd, inpaint_mse,
-                             masked_inputs, preprocess, recompute_batchnorm, run_inpainting)
+from realnvp.realnvp import (DEFAULT_PATH, HALF, KIND, RealNVPConfig, bottom_mode, build, draw_samples, evaluate_bpd,
+                             inpaint_mse, masked_inputs, mode_inpainting, preprocess, recompute_batchnorm,
+                             run_inpainting)
 
 
-def with_bottom_couplings(path, couplings, hidden):
+def with_bottom_couplings(path, couplings, hidden, scale_from="top", context=14):
     """The split flow of `path` with `couplings` identity-initialised bottom couplings after its first two
     layers (the Gaussian stage and its batch norm); its other layers keep their weights."""
     payload = load_checkpoint(path, KIND)
     config = config_from_dict(RealNVPConfig, payload["config"], str(path))
     if config.arch != "split" or config.bottom_couplings:
         raise UserError(f"{path} is not a Gaussian split flow")
-    model = build(dataclasses.replace(config, bottom_couplings=couplings, bottom_hidden=hidden))
+    config = dataclasses.replace(config, bottom_couplings=couplings, bottom_hidden=hidden, bottom_scale=scale_from,
+                                 bottom_context=context)
+    model = build(config)
     state = {}
     for key, value in payload["model"].items():
         index, _, rest = key.partition(".")
@@ -46,7 +53,7 @@ def with_bottom_couplings(path, couplings, hidden):
         state[key] = value.float()
     missing = model.load_state_dict(state, strict=False).missing_keys
     assert all(int(k.split(".")[0]) in range(2, 2 + 2 * couplings) for k in missing), missing
-    return model
+    return model, config
 
 
 @run_cli
@@ -56,13 +63,23 @@ def main(argv=None):
     p.add_argument("--load_path", default=str(DEFAULT_PATH), help="the split flow to extend (default: models/realnvp.pt)")
     p.add_argument("--bottom_couplings", type=positive_int, default=4, help="couplings inserted (default: 4)")
     p.add_argument("--bottom_hidden", type=positive_int, default=32, help="channels of their nets (default: 32)")
+    p.add_argument("--bottom_scale", default="top", choices=["top", "seen"], help="what their scales read (default: top)")
+    p.add_argument("--bottom_context", type=positive_int, default=14, help="top rows their nets see (default: 14)")
+    p.add_argument("--mode_weight", type=nonnegative_float, default=0.0,
+                   help="weight of the squared error of the conditional mode (bottom_mode) in pixels, summed over the "
+                        "bottom half, added to the negative log-likelihood (default: 0)")
+    p.add_argument("--save", default=None, help="also save the fine-tuned flow to this checkpoint")
     p.add_argument("--steps", type=positive_int, default=1500, help="fine-tuning steps (default: 1500)")
     p.add_argument("--lr", type=nonnegative_float, default=5e-4, help="peak learning rate (default: 5e-4)")
     p.add_argument("--num_images", type=positive_int, default=100, help="images inpainted (default: 100)")
     p.add_argument("--figure", default=None, help="also write a grid of 100 samples at temperature 1 to this PNG")
     args = p.parse_args(argv)
+    for path, flag in [(args.save, "--save"), (args.figure, "--figure")]:
+        if path:
+            ensure_writable(path, flag)
     torch.manual_seed(0)
-    model = with_bottom_couplings(args.load_path, args.bottom_couplings, args.bottom_hidden)
+    model, config = with_bottom_couplings(args.load_path, args.bottom_couplings, args.bottom_hidden, args.bottom_scale,
+                                  args.bottom_context)
     train, test = (load_mnist(train=split, data_root=args.data_root)[0] for split in (True, False))
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=1e-6)
     gen = torch.Generator().manual_seed(5)
@@ -75,14 +92,21 @@ def main(argv=None):
         for group in opt.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         loss = -model.log_probs(x).mean()
+        nll = loss.item()
+        if args.mode_weight:
+            mode = torch.sigmoid(bottom_mode(model, x.log() - (1 - x).log()))
+            loss = loss + args.mode_weight * (mode - x[:, HALF:]).pow(2).sum(1).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
         opt.step()
         if step % 250 == 0:
-            print(f"step {step}: loss {loss.item() / 784:.4f} nats/dim, {time.time() - start:.0f} s", flush=True)
+            print(f"step {step}: nll {nll / 784:.4f} nats/dim, loss {loss.item() / 784:.4f}, {time.time() - start:.0f} s",
+                  flush=True)
     print(f"fine-tuning: {(time.time() - start) / 60:.1f} min")
     recompute_batchnorm(model, train[:20000], generator=torch.Generator().manual_seed(0))
+    if args.save:
+        save_checkpoint(args.save, KIND, config, model=model.state_dict())
     print(f"test bits/dim: {evaluate_bpd(model, test):.4f}", flush=True)
     for temperature in (1.0, 0.8):
         samples = draw_samples(model, 1000, temperature)
@@ -91,6 +115,9 @@ def main(argv=None):
               f"classes {q['counts']}", flush=True)
         if args.figure and temperature == 1.0:
             save_image_grid(samples[:100], args.figure, nrow=10)
+    test_raw = masked_inputs(test[:1000], torch.Generator().manual_seed(0))[0]
+    print(f"conditional maximum, masked half, first 1,000 test images: "
+          f"{inpaint_mse(mode_inpainting(model, test_raw), test_raw)['masked']:.4f}", flush=True)
     raw, corrupted, mask = masked_inputs(train[:args.num_images], torch.Generator().manual_seed(0))
     start = time.time()
     with tempfile.TemporaryDirectory() as scratch:

@@ -54,6 +54,7 @@ class RunOptions:
     progress: bool = True
     figures_dir: Path = None          # the user's --figures_dir (None: the default below, complete runs only)
     default_figures_dir: Path = None  # figures/ of the repository
+    save_flag: str = "--save_path"    # how the script spells the flag of save_path (for messages)
 
 
 def add_run_args(parser, logdir, save_path, epochs=None, figures=True):
@@ -327,7 +328,7 @@ def ship(task, run, opts, complete):
     if target is None:
         path = save_checkpoint(run.dir / "shipped.pt", task.kind, task.config, **state)
         print(f"shipped form in {path} (not copied to {opts.default_save_path}: a short or partial run; "
-              "pass --save_path to write it elsewhere)")
+              f"pass {opts.save_flag} to write it elsewhere)")
         return path
     path = save_checkpoint(target, task.kind, task.config, **state)
     print(f"shipped checkpoint: {path} (best {run.best})")

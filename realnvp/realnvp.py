@@ -54,6 +54,8 @@ class RealNVPConfig:
     bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
     bottom_couplings: int = 0             # split: conv couplings of the bottom half given the top (0: Gaussian)
     bottom_hidden: int = 32               # split: channels of their nets
+    bottom_scale: str = "top"             # split: what their scales read, "top" (log-det constant in the bottom) or "seen"
+    bottom_context: int = 14              # split: rows of the top half their nets see
 
     def __post_init__(self):
         if self.arch not in ARCH_FIELDS:
@@ -67,7 +69,7 @@ class RealNVPConfig:
 # The fields each architecture reads, and the resolutions of the multi-scale ones (conv: 28x28, 14x14,
 # 7x7; split: the top half at 14x28, 7x14).
 ARCH_FIELDS = {"split": ("num_hidden", "hidden", "res_blocks", "checker", "channel", "bn_momentum", "bottom_couplings",
-                         "bottom_hidden"),
+                         "bottom_hidden", "bottom_scale", "bottom_context"),
                "conv": ("hidden", "res_blocks", "checker", "channel", "bn_momentum"),
                "mlp": ("num_hidden", "num_blocks", "bn_momentum")}
 LEVELS = {"conv": 3, "split": 2}
@@ -228,28 +230,55 @@ class BottomCouplingLayer(nn.Module):
     """Affine coupling of the bottom half (rows 14-27) given the top half and half of the bottom itself.
 
     The bottom half's pixels where the checkerboard `parity` is 1 pass through; the others get
-    z = x * exp(s) + t, with s, t from a conv net that sees the whole 28x28 image (top rows, passing bottom
-    pixels, zeros elsewhere) plus the indicator of what it sees: the top half is the context, adjacent to the
-    rows it conditions. Starts as the identity (zero-initialised last layer)."""
+    z = x * exp(s) + t. t comes from a conv net that sees the whole 28x28 image (top rows, passing bottom
+    pixels, zeros elsewhere) plus the indicator of what it sees. s comes from a net that sees only the top half
+    when `scale_from` is "top" (the default): then the layer's log-det does not depend on the bottom half, so
+    with the top fixed log p(bottom | top) = log N(z) + a constant has a single critical point, the image of
+    z_bottom = 0 (`bottom_mode`), and the inpainting's gradient ascent finds it. With "seen" s reads what t reads
+    (more expressive; sharp local maxima). Starts as the identity (zero-initialised last layers)."""
 
-    def __init__(self, num_inputs, parity, hidden, res_blocks=1):
+    def __init__(self, num_inputs, parity, hidden, res_blocks=1, scale_from="top", context_rows=14):
         super().__init__()
-        self.num_inputs = num_inputs
-        seen = torch.ones(1, 28, 28)
-        seen[:, 14:] = checkerboard((1, 14, 28), parity)
+        if scale_from not in ("top", "seen"):
+            raise ValueError(f"scale_from must be 'top' or 'seen', got {scale_from!r}")
+        self.num_inputs, self.scale_from = num_inputs, scale_from
+        # The nets see the last `context_rows` rows of the top half and the bottom half: the top's distant rows
+        # reach the bottom through the Gaussian stage's MLP, and every row saved is time saved in the
+        # inpainting's 1,000 steps.
+        self.first_row = 14 - context_rows
+        rows = 28 - self.first_row
+        seen = torch.ones(1, rows, 28)
+        seen[:, context_rows:] = checkerboard((1, 14, 28), parity)
         self.register_buffer("seen", seen)
-        self.net = _ResNet(2, hidden, 2, res_blocks)
+        top = torch.zeros(1, rows, 28)
+        top[:, :context_rows] = 1
+        self.register_buffer("top", top)
+        if scale_from == "top":
+            self.net = _ResNet(2, hidden, 1, res_blocks)
+            self.scale_net = _ResNet(2, hidden // 2, 1, res_blocks)
+        else:
+            self.net = _ResNet(2, hidden, 2, res_blocks)
         self.scale = nn.Parameter(torch.ones(1, 1, 1))
 
-    def forward(self, inputs, mode="direct", **kwargs):
-        image = inputs.view(-1, 1, 28, 28)
-        net_in = torch.cat([image * self.seen, self.seen.expand_as(image)], dim=1)
-        raw_s, t = self.net(net_in).chunk(2, dim=1)
+    def _s_t(self, image):
+        def net_in(visible):
+            return torch.cat([image * visible, visible.expand_as(image)], dim=1)
+        if self.scale_from == "top":
+            raw_s, t = self.scale_net(net_in(self.top)), self.net(net_in(self.seen))
+        else:
+            raw_s, t = self.net(net_in(self.seen)).chunk(2, dim=1)
         free = 1 - self.seen
-        log_s, t = (self.scale * torch.tanh(raw_s) * free).flatten(1), (t * free).flatten(1)
+        return (self.scale * torch.tanh(raw_s) * free).flatten(1), (t * free).flatten(1)
+
+    def forward(self, inputs, mode="direct", **kwargs):
+        start = self.first_row * 28
+        fixed, x = inputs[:, :start], inputs[:, start:]   # rows the nets do not see are not changed either
+        log_s, t = self._s_t(x.view(-1, 1, 28 - self.first_row, 28))
         if mode == "direct":
-            return inputs * torch.exp(log_s) + t, log_s.sum(-1, keepdim=True)
-        return (inputs - t) * torch.exp(-log_s), -log_s.sum(-1, keepdim=True)
+            y, logdet = x * torch.exp(log_s) + t, log_s.sum(-1, keepdim=True)
+        else:
+            y, logdet = (x - t) * torch.exp(-log_s), -log_s.sum(-1, keepdim=True)
+        return torch.cat([fixed, y], dim=1), logdet
 
 
 class FlowSequential(nn.Sequential):
@@ -392,7 +421,7 @@ def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=
 
 
 def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum, bottom_couplings=0, bottom_hidden=32,
-                   num_inputs=NUM_INPUTS):
+                   bottom_scale="top", bottom_context=14, num_inputs=NUM_INPUTS):
     """log p(x) = log p(bottom | top) + log p(top), built for the inpainting protocol.
 
     First (data side) the skeleton's CouplingLayer with the first/second-half mask: the bottom half's
@@ -406,7 +435,7 @@ def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum
     top[: num_inputs // 2] = 1
     modules = [CouplingLayer(num_inputs, num_hidden, top), BatchNormFlow(num_inputs, bn_momentum)]
     for k in range(bottom_couplings):
-        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks), BatchNormFlow(num_inputs, bn_momentum)]
+        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks, bottom_scale, bottom_context), BatchNormFlow(num_inputs, bn_momentum)]
     return modules + _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs,
                                    shape=(1, 14, 28))
 
@@ -444,7 +473,8 @@ def build(config):
         modules = _skeleton_init(_mlp_modules(c.num_hidden, c.num_blocks, c.bn_momentum))
     else:
         modules = _skeleton_init(_split_modules(c.num_hidden, c.hidden, c.res_blocks, c.checker, c.channel,
-                                                c.bn_momentum, c.bottom_couplings, c.bottom_hidden))
+                                                c.bn_momentum, c.bottom_couplings, c.bottom_hidden, c.bottom_scale,
+                                                c.bottom_context))
         for net in (modules[0].scale_net, modules[0].translate_net):
             nn.init.zeros_(net[-1].weight)   # the bottom-half coupling starts as the identity
     return FlowSequential(None, *modules)
@@ -551,6 +581,75 @@ def draw_samples(model, n, temperature=1.0, seed=0, batch_size=500):
 # The inpainting protocol (realnvp/inpainting.py) and its nearest-neighbour baseline
 
 HALF = 392  # pixels of the top half; the bottom half (392:) is masked
+
+
+def is_split(model):
+    """Whether `model` is a split flow: its first layer the Gaussian stage (a CouplingLayer whose passing half is the
+    top half)."""
+    first = model[0]
+    return isinstance(first, CouplingLayer) and bool(first.mask[:HALF].all()) and not first.mask[HALF:].any()
+
+
+def _bottom_stage_end(layers):
+    """Index of a split flow's first top-half layer: the layers before it (the Gaussian stage and the bottom
+    couplings) are the ones that model the bottom half given the top."""
+    return next(i for i, m in enumerate(layers) if isinstance(m, ConvCouplingLayer))
+
+
+def _mode_from_stage(layers, end, stage_out):
+    """bottom_mode, given the bottom stage's output for the top half in question."""
+    # The top-half flow changes the bottom's coordinates only by its batch norms' elementwise affine maps:
+    # carry z_bottom = 0 back through them, then through the bottom stage with the given top half.
+    tail = stage_out.new_zeros(stage_out.shape)
+    for m in reversed(layers[end:]):
+        if isinstance(m, BatchNormFlow):
+            tail = m(tail, "inverse")[0]
+    h = torch.cat([stage_out[:, :HALF], tail[:, HALF:]], dim=1)
+    for m in reversed(layers[:end]):
+        h = m(h, "inverse")[0]
+    return h[:, HALF:]
+
+
+def bottom_mode(model, logits):
+    """The bottom-half logits (B, 392) at which a split flow's log p(bottom | top) is largest, for the top half of
+    `logits` (B, 784): the inverse of z_bottom = 0. It is the only critical point, so the one the inpainting's
+    gradient ascent converges to, when every bottom coupling's scale reads the top half only (bottom_scale "top").
+    Differentiable; in training mode the batch norms use the statistics of the last direct pass."""
+    layers = list(model)
+    end = _bottom_stage_end(layers)
+    h = logits
+    for m in layers[:end]:
+        h = m(h, "direct")[0]
+    return _mode_from_stage(layers, end, h)
+
+
+@torch.no_grad()
+def mode_inpainting(model, images, batch_size=500):
+    """`images` (N, 784) in (0, 1) with their bottom half replaced by the split flow's bottom_mode given their top:
+    what the inpainting protocol's 1,000 gradient steps converge to, in one pass (eval mode)."""
+    model.eval()
+    device = model.prior_loc.device
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size].to(device)
+        mode = torch.sigmoid(bottom_mode(model, torch.logit(x)))
+        out.append(torch.cat([x[:, :HALF], mode], dim=1).cpu())
+    return torch.cat(out)
+
+
+def log_probs_and_mode(model, x):
+    """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
+    of the bottom stage (for the training loss that puts the mode at the data's conditional mean)."""
+    layers = list(model)
+    end = _bottom_stage_end(layers)
+    h, logdet = model._pre_process(x), 0
+    for i, m in enumerate(layers):
+        if i == end:
+            stage_out = h
+        h, d = m(h, "direct")
+        logdet = logdet + d
+    log_probs = model.prior.log_prob(h).sum(-1, keepdim=True) + logdet
+    return log_probs, _mode_from_stage(layers, end, stage_out)
 
 
 def masked_inputs(images, generator):

@@ -23,14 +23,18 @@ from mnistgen.checkpoint import half_state, load_model, load_state
 from mnistgen.data import load_mnist
 from mnistgen.files import ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
-from mnistgen.utils import (CsvLog, UserError, add_common_args, pick_device, plot_curves, positive_float,
+from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
+                            positive_float,
                             positive_int, run_cli, save_image_grid, seed_everything)
 from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
                      bits_per_dim, build, evaluate_bpd, load, preprocess, recompute_batchnorm)
+from realnvp.realnvp import HALF, inpaint_mse, log_probs_and_mode, masked_inputs, mode_inpainting
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
 FP16_TOLERANCE = 5e-4     # bits/dim change allowed when shipping fp16 weights
 WARMUP = 200              # steps of linear learning-rate warm-up
+MODE_IMAGES = 1000        # test images of the per-epoch inpainting estimate (split flows)
+DEFAULT_MODE_WEIGHT = 0.0 # --mode-weight of the shipped flow
 
 
 class DashedParser(argparse.ArgumentParser):
@@ -93,6 +97,16 @@ def build_parser():
                         f"(default: {preset_defaults('bottom_couplings')})")
     p.add_argument("--bottom-hidden", type=positive_int, default=None,
                    help=f"split: channels of their nets (default: {preset_defaults('bottom_hidden')})")
+    p.add_argument("--bottom-scale", default=None, choices=["top", "seen"],
+                   help="split: what the bottom couplings' scales read: top (log p(bottom | top) then has one maximum, "
+                        "which the inpainting finds) or seen (also the bottom pixels they condition on) "
+                        f"(default: {preset_defaults('bottom_scale')})")
+    p.add_argument("--bottom-context", type=int, choices=range(1, 15), default=None, metavar="{1..14}",
+                   help=f"split: rows of the top half their nets see (default: {preset_defaults('bottom_context')})")
+    p.add_argument("--mode-weight", type=nonnegative_float, default=DEFAULT_MODE_WEIGHT,
+                   help="split: weight of the squared error, in pixels summed over the bottom half, between a training "
+                        "image and the maximum of log p(bottom | its top half) (the point the inpainting converges "
+                        "to), added to the negative log-likelihood (default: %(default)s)")
     p.add_argument("--bn-images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
                         "shipped checkpoint is recomputed over the whole training set)")
@@ -122,11 +136,13 @@ def build_parser():
 def model_config(args):
     """The --arch preset with the architecture flags given."""
     given = {f: getattr(args, f) for f in ("hidden", "checker", "channel", "res_blocks", "num_blocks", "num_hidden",
-                                           "bottom_couplings", "bottom_hidden")
+                                           "bottom_couplings", "bottom_hidden", "bottom_scale", "bottom_context")
              if getattr(args, f) is not None}
     for field in given:
         if field not in ARCH_FIELDS[args.arch]:
             raise UserError(f"--{field.replace('_', '-')} does not apply to --arch {args.arch}")
+    if args.mode_weight and args.arch != "split":
+        raise UserError(f"--mode-weight applies to --arch split only, not {args.arch}")
     try:
         return dataclasses.replace(PRESETS[args.arch], **given)
     except ValueError as err:
@@ -140,7 +156,10 @@ class RealNVPTask(Task):
 
     def __init__(self, config, train_images, test_images, img_dir, args, device):
         self.config, self.train_images, self.test_images, self.img_dir = config, train_images, test_images, img_dir
-        self.device, self.bn_images = device, args.bn_images
+        self.device, self.bn_images, self.mode_weight = device, args.bn_images, args.mode_weight
+        if config.arch == "split":   # where the inpainting converges (bottom_mode), on test images, per epoch
+            self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"]}
+            self.mode_raw = masked_inputs(test_images[:MODE_IMAGES], torch.Generator().manual_seed(0))[0]
         self.model = build(config).to(device)
         self.modules = {"model": self.model}
         self.optimizers = {"model": torch.optim.Adam(self.model.parameters(), lr=args.lr, weight_decay=1e-6)}
@@ -160,8 +179,16 @@ class RealNVPTask(Task):
     def train_step(self, batch):
         x, log_scale = (t.to(self.device) for t in batch)
         self.model.train()
-        log_probs = self.model.log_probs(x)
-        loss = -log_probs.mean()
+        stats = {}
+        if self.mode_weight:
+            # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half
+            log_probs, mode = log_probs_and_mode(self.model, x)
+            mode_sse = (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean()
+            loss = -log_probs.mean() + self.mode_weight * mode_sse
+            stats["mode_sse"] = mode_sse.item()
+        else:
+            log_probs = self.model.log_probs(x)
+            loss = -log_probs.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged("non-finite training loss")
         opt = self.optimizers["model"]
@@ -171,7 +198,7 @@ class RealNVPTask(Task):
         opt.step()
         with torch.no_grad():   # of this batch, with its own batch-norm statistics
             train_bpd = bits_per_dim(self.model, x, log_scale, log_probs.detach()).mean().item()
-        return dict(loss=loss.item(), train_bpd=train_bpd)
+        return dict(loss=loss.item(), train_bpd=train_bpd, **stats)
 
     def lr_scale(self, step):
         """Linear warm-up over WARMUP steps, then cosine decay to 0 at the last step."""
@@ -186,7 +213,10 @@ class RealNVPTask(Task):
         self.epoch = math.ceil(step / self.steps_per_epoch)
         self.test_bpd = evaluate_bpd(self.model, self.test_images, seed=EVAL_SEED)
         self.model.save_images(self.epoch, self.img_dir, noise=self.noise.to(self.device))
-        return dict(test_bpd=self.test_bpd)
+        metrics = dict(test_bpd=self.test_bpd)
+        if self.config.arch == "split":   # an estimate only: the protocol equals it when its ascent converges
+            metrics["test_mode_mse"] = inpaint_mse(mode_inpainting(self.model, self.mode_raw), self.mode_raw)["masked"]
+        return metrics
 
     def rank(self, metrics):
         return metrics["test_bpd"]
@@ -248,7 +278,7 @@ def main(argv=None):
     if len(train_images) < args.batch_size:
         raise UserError(f"--batch-size {args.batch_size} is larger than the {len(train_images)} training images")
     steps_per_epoch = len(train_images) // args.batch_size
-    opts = run_options(args, KIND, args.epochs * steps_per_epoch, eval_every=steps_per_epoch)
+    opts = run_options(args, KIND, args.epochs * steps_per_epoch, eval_every=steps_per_epoch, save_flag="--model-dir")
     check_outputs(opts.save_path, opts.figures_dir, opts.logdir, ("--model-dir", "--figures-dir", "--log-dir"))
     img_dir = ensure_writable_dir(args.img_save_dir or opts.logdir / "images", "sample-grid folder (--img-save-dir)")
     seed_everything(args.seed)   # the initial weights (a resumed run reloads its own)

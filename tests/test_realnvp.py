@@ -13,13 +13,15 @@ from mnistgen.data import load_mnist
 from realnvp import (DEFAULT_PATH, KIND, PRESETS, BatchNormFlow, ConvCouplingLayer, CouplingLayer, RealNVPConfig,
                      Shuffle, bits_per_dim, build, draw_samples, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
                      preprocess, recompute_batchnorm)
-from realnvp.realnvp import HALF, HI, LO, BottomCouplingLayer, channel_mask, checkerboard, logit_logdet
+from realnvp.realnvp import (HALF, HI, LO, BottomCouplingLayer, bottom_mode, channel_mask, checkerboard, inpaint_mse,
+                             log_probs_and_mode, logit_logdet, mode_inpainting)
 
 TINY_CONV = RealNVPConfig(arch="conv", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
 FAST_MLP = RealNVPConfig(arch="mlp", num_hidden=8, num_blocks=2)   # for the 1000-step inpainting
 TINY_MLP = RealNVPConfig(arch="mlp", num_hidden=16, num_blocks=4)
 TINY_SPLIT = RealNVPConfig(arch="split", num_hidden=16, hidden=(4, 6), res_blocks=1, checker=(2, 2), channel=(2,))
 TINY_SPLIT_FLOW = dataclasses.replace(TINY_SPLIT, bottom_couplings=2, bottom_hidden=4)   # non-Gaussian bottom half
+TINY_SPLIT_SEEN = dataclasses.replace(TINY_SPLIT_FLOW, bottom_scale="seen", bottom_context=3)
 SHIPPED = DEFAULT_PATH
 
 
@@ -32,8 +34,9 @@ def perturb(model, std=0.05):
     torch.manual_seed(0)
     for m in model.modules():
         if isinstance(m, (ConvCouplingLayer, BottomCouplingLayer)):
-            torch.nn.init.normal_(m.net.conv_out.weight, std=std)
-            torch.nn.init.normal_(m.net.conv_out.bias, std=std)
+            for net in (m.net, getattr(m, "scale_net", m.net)):
+                torch.nn.init.normal_(net.conv_out.weight, std=std)
+                torch.nn.init.normal_(net.conv_out.bias, std=std)
         if isinstance(m, CouplingLayer):   # the split flow's coupling starts as the identity
             for net in (m.scale_net, m.translate_net):
                 torch.nn.init.normal_(net[-1].weight, std=std)
@@ -70,18 +73,20 @@ def conv_layer(shape, mask, num_inputs=None):
     return layer
 
 
-def bottom_layer(parity):
-    layer = BottomCouplingLayer(784, parity, hidden=5)
-    torch.nn.init.normal_(layer.net.conv_out.weight, std=0.1)
+def bottom_layer(parity, scale_from="top", context=14):
+    layer = BottomCouplingLayer(784, parity, hidden=6, scale_from=scale_from, context_rows=context)
+    for net in (layer.net, getattr(layer, "scale_net", layer.net)):
+        torch.nn.init.normal_(net.conv_out.weight, std=0.1)
     return layer
 
 
-def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones():
+@pytest.mark.parametrize("scale_from, context", [("top", 14), ("seen", 14), ("top", 4)])
+def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones(scale_from, context):
     torch.manual_seed(0)
-    layer = bottom_layer(0).eval()
+    layer = bottom_layer(0, scale_from, context).eval()
     x = torch.randn(2, 784)
     z, _ = layer(x)
-    seen = layer.seen.flatten().bool()
+    seen = torch.cat([torch.ones(784 - layer.seen.numel(), dtype=torch.bool), layer.seen.flatten().bool()])
     assert seen[:HALF].all() and seen[HALF:].float().mean() == 0.5
     assert torch.equal(z[:, seen], x[:, seen]) and not torch.allclose(z[:, ~seen], x[:, ~seen])
     # s and t read only the seen pixels: the output is affine in the free ones, with the same log-det
@@ -89,6 +94,43 @@ def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_
     d[:, ~seen] = torch.randn(2, int((~seen).sum()))
     (z1, ld1), (z2, ld2) = layer(x + d), layer(x + 2 * d)
     assert torch.allclose(z2 - z, 2 * (z1 - z), atol=1e-5) and torch.allclose(ld1, ld2)
+    # rows above the context are not read: changing them changes nothing else
+    far = torch.zeros_like(x)
+    far[:, : (14 - context) * 28] = torch.randn(2, (14 - context) * 28)
+    if context < 14:
+        assert torch.allclose((layer(x + far)[0] - far), z, atol=1e-6)
+
+
+def test_bottom_coupling_log_det_reads_the_top_half_only_with_scale_from_top():
+    torch.manual_seed(0)
+    x, bottom, top = torch.randn(3, 784), torch.zeros(3, 784), torch.zeros(3, 784)
+    bottom[:, HALF:], top[:, :HALF] = torch.randn(3, HALF), torch.randn(3, HALF)
+    for scale_from in ("top", "seen"):
+        layer = bottom_layer(1, scale_from).eval()
+        ld, ld_bottom, ld_top = (layer(v)[1] for v in (x, x + bottom, x + top))
+        assert not torch.allclose(ld, ld_top, atol=1e-4)
+        assert torch.allclose(ld, ld_bottom, atol=1e-5) == (scale_from == "top")
+
+
+def test_bottom_mode_is_the_only_critical_point_of_the_conditional():
+    """With every scale reading the top half, log p(bottom | top) = log N(z_bottom) + const: its gradient in the
+    bottom logits vanishes at bottom_mode, where z_bottom = 0, and log p is lower at nearby points."""
+    torch.manual_seed(0)
+    model = perturb(build(TINY_SPLIT_FLOW)).double().eval()
+    logits = torch.logit(pixels(4).double())
+    mode = bottom_mode(model, logits)
+    at_mode = torch.cat([logits[:, :HALF], mode], 1).requires_grad_(True)
+    z, _ = model(at_mode, pre_process=False)
+    assert z[:, HALF:].abs().max() < 1e-8
+    grad = torch.autograd.grad(model.log_probs(at_mode, pre_process=False).sum(), at_mode)[0]
+    assert grad[:, HALF:].abs().max() < 1e-8 and grad[:, :HALF].abs().max() > 1e-3
+    moved = at_mode.detach().clone()
+    moved[:, HALF:] += 0.1 * torch.randn(4, HALF, dtype=torch.float64)
+    assert (model.log_probs(moved, pre_process=False) < model.log_probs(at_mode, pre_process=False)).all()
+    model.train()   # one direct pass gives both, with the same batch statistics
+    log_probs, mode_train = log_probs_and_mode(model, torch.sigmoid(logits))
+    assert torch.allclose(log_probs, model.log_probs(torch.sigmoid(logits)))
+    assert torch.allclose(mode_train, bottom_mode(model, logits))
 
 
 @pytest.mark.parametrize("make", [
@@ -98,7 +140,9 @@ def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_
     lambda: conv_layer((1, 28, 28), checkerboard((1, 28, 28), 0), 784),
     lambda: conv_layer((4, 14, 14), channel_mask((4, 14, 14), 1), 784),
     lambda: bottom_layer(1),
-], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel", "bottom-coupling"])
+    lambda: bottom_layer(0, "seen", 5),
+], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel", "bottom-coupling",
+        "bottom-coupling-seen"])
 def test_each_layer_inverts(make):
     torch.manual_seed(1)
     layer = perturb(make()) if isinstance(make(), BatchNormFlow) else make()
@@ -107,8 +151,8 @@ def test_each_layer_inverts(make):
     check_inverse(layer, x, train=True)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT, TINY_SPLIT_FLOW],
-                         ids=["conv", "mlp", "split", "split-flow"])
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_SEEN],
+                         ids=["conv", "mlp", "split", "split-flow", "split-flow-seen"])
 def test_whole_flow_inverts_and_logdets_cancel(config):
     torch.manual_seed(0)
     model = perturb(build(config)).eval()
@@ -144,7 +188,8 @@ def test_layer_logdet_matches_jacobian(make):
     assert ld.item() == pytest.approx(brute_force_logdet(lambda v: layer(v[None])[0][0], x).item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT, TINY_SPLIT_FLOW], ids=["conv", "split", "split-flow"])
+@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_SEEN],
+                         ids=["conv", "split", "split-flow", "split-flow-seen"])
 def test_flow_logdet_matches_jacobian(config):
     torch.manual_seed(3)
     model = perturb(build(config)).double().eval()
@@ -158,10 +203,12 @@ def test_flow_logdet_matches_jacobian(config):
 
 
 @pytest.mark.slow  # the protocol's 1,000 gradient steps
-def test_split_flow_inpainting_converges_to_its_conditional_mean(tmp_path):
-    """With the top half fixed, the split flow's log p is a concave quadratic in the bottom logits, maximal
-    where the bottom's latent is 0: the skeleton's gradient ascent must end there, from the protocol's start."""
-    model = perturb(build(TINY_SPLIT)).eval()
+@pytest.mark.parametrize("config", [TINY_SPLIT, TINY_SPLIT_FLOW], ids=["gaussian-bottom", "bottom-couplings"])
+def test_split_flow_inpainting_converges_to_its_conditional_mode(tmp_path, config):
+    """With the top half fixed, log p(bottom | top) = log N(z_bottom) + a constant (a concave quadratic in the
+    bottom logits for the Gaussian stage alone): the skeleton's gradient ascent must end where z_bottom = 0,
+    from the protocol's start."""
+    model = perturb(build(config)).eval()
     for m in model.modules():   # unit scale on the bottom half, like trained batch norms (curvature ~1, so
         if isinstance(m, BatchNormFlow):   # the skeleton's fixed step 0.2 is stable)
             m.running_var[392:] = 1.0
@@ -171,6 +218,7 @@ def test_split_flow_inpainting_converges_to_its_conditional_mean(tmp_path):
         z, _ = model(raw)
         z[:, 392:] = 0   # the bottom half's latent (factored out unchanged by the top-half flow)
         mode = torch.sigmoid(model.sample(noise=z))
+        assert torch.allclose(mode[:, 392:], torch.sigmoid(bottom_mode(model, torch.logit(raw))), atol=1e-5)
     recovered = model.inpainting(4, corrupted.clone(), mask, str(tmp_path)).reshape(4, -1).detach()
     assert torch.allclose(recovered[:, :392], torch.sigmoid(torch.logit(corrupted[:, :392])), atol=1e-6)
     assert torch.allclose(recovered[:, 392:], mode[:, 392:], atol=1e-3)
@@ -381,6 +429,24 @@ def test_sample_script_scores_its_samples(tmp_path, capsys):
                                                               "uniform noise"}
     assert sum(scores["RealNVP samples"]["counts"]) == 12
     assert "12 samples at temperature 0.7" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:   # an MLP flow has no halves to mix
+        sample.main(["--load_path", str(tiny_model(tmp_path)), "--halves", "--figure", str(tmp_path / "s.png")])
+    assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
+
+
+def test_mixed_halves_keep_the_halves_they_take():
+    torch.manual_seed(0)
+    model = perturb(build(TINY_SPLIT_FLOW)).eval()
+    images = load_mnist(train=False)[0][:5]
+    from realnvp.sample import mixed_halves
+    parts = mixed_halves(model, images)
+    x, _ = preprocess(images, gen(0))
+    test_top, sampled_top = parts["test top + sampled bottom"].view(5, -1), parts["sampled top + bottom maximum"].view(5, -1)
+    assert torch.allclose(test_top[:, :HALF], x[:, :HALF], atol=1e-4)
+    assert torch.allclose(parts["test top + bottom maximum"].view(5, -1)[:, :HALF], x[:, :HALF], atol=1e-4)
+    assert not torch.allclose(sampled_top[:, :HALF], x[:, :HALF], atol=1e-2)
+    mode = torch.sigmoid(bottom_mode(model, torch.logit(x)))
+    assert torch.allclose(parts["test top + bottom maximum"].view(5, -1)[:, HALF:], mode, atol=1e-4)
 
 
 @pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "conv", "--num-hidden", "8"],
@@ -502,3 +568,34 @@ def test_shipped_figures_are_the_recorded_ones():
     shown = (f"{res['test_bpd']:.3f}", f"{res['inpaint_mse']:.4f}", f"{res['nn_mse']:.4f}", f"{res['samples']['fid']:.2f}")
     assert shown == ("1.720", "0.0347", "0.0637", "14.31")   # issue 14 measured the same samples figure
     assert res["inpaint_mse"] < res["nn_mse"]
+
+
+@pytest.mark.slow
+def test_shipped_conditional_mode_is_what_the_protocol_recorded():
+    """The inpainting converges to bottom_mode: one pass over the graders' 100 training images gives the figure that
+    `realnvp/inpainting.py` (1,000 gradient steps) recorded in figures/realnvp_inpainting_train.json."""
+    import json
+    recorded = json.loads((REPO_ROOT / "figures" / "realnvp_inpainting_train.json").read_text())
+    raw, _, _ = masked_inputs(load_mnist(train=True)[0][:100], gen(0))
+    mse = inpaint_mse(mode_inpainting(load(SHIPPED), raw), raw)["masked"]
+    assert mse == pytest.approx(recorded["recovery"]["masked"], abs=5e-4)
+
+
+def test_train_with_the_mode_loss_logs_it_and_the_inpainting_estimate(tmp_path):
+    from realnvp import train
+    run = ["--log-dir", str(tmp_path / "run"), "--epochs", "1", "--mode-weight", "20", "--bottom-couplings", "2",
+           "--bottom-hidden", "4", "--bottom-context", "4"]
+    load(train.main(SMOKE + run))
+    header, row = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
+    values = dict(zip(header.split(","), row.split(",")))
+    assert float(values["mode_sse"]) > 0 and 0 < float(values["test_mode_mse"]) < 1
+
+
+@pytest.mark.parametrize("flags", [["--arch", "conv", "--mode-weight", "1"], ["--mode-weight", "-1"],
+                                   ["--bottom-scale", "all"], ["--bottom-context", "15"]])
+def test_bad_mode_flags_exit_2(flags, capsys):
+    from realnvp import train
+    with pytest.raises(SystemExit) as err:
+        train.main(flags + ["--limit", "100"])
+    assert err.value.code == 2
+    assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
