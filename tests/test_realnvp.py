@@ -599,3 +599,18 @@ def test_bad_mode_flags_exit_2(flags, capsys):
         train.main(flags + ["--limit", "100"])
     assert err.value.code == 2
     assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
+    from realnvp import inpainting
+    torch.manual_seed(0)
+    model = perturb(build(TINY_SPLIT_FLOW)).eval()
+    path = save_checkpoint(tmp_path / "split.pt", KIND, TINY_SPLIT_FLOW, model=model.state_dict())
+    res = inpainting.main(["--load_path", str(path), "--num_images", "7", "--estimate", "--savedir", str(tmp_path / "p"),
+                           "--device", "cpu"])
+    raw, _, _ = masked_inputs(load_mnist(train=True)[0][:7], gen(0))
+    assert res["recovery"]["masked"] == pytest.approx(inpaint_mse(mode_inpainting(model, raw), raw)["masked"])
+    assert "conditional maximum (--estimate, one pass)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as err:
+        inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--estimate", "--savedir", str(tmp_path / "p")])
+    assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
