@@ -9,7 +9,8 @@ MSE between recovery and raw images over the masked half and over all pixels, an
 the masked input. --split test runs the same protocol on test images; --baseline also prints the
 nearest-neighbour baseline (the bottom half of the training image whose top half is closest,
 never the image itself). It ends by saying where the pictures are. --estimate (split flows) skips the 1,000 steps
-and scores the point they converge to, the maximum of log p(bottom | top) (`bottom_mode`), in one pass.
+and scores the only point they can converge to, the maximum of log p(bottom | top) (`bottom_mode`), in one pass:
+the protocol's figure when its ascent gets there (the shipped flow's does; see realnvp/README.md, Issue 14).
 """
 import argparse
 import json
@@ -40,7 +41,7 @@ def build_parser():
     p.add_argument("--baseline", action="store_true", help="also print the nearest-neighbour baseline")
     p.add_argument("--estimate", action="store_true",
                    help="split flows: instead of the 1,000 gradient steps, score the maximum of log p(bottom | top) "
-                        "they converge to (one pass; seconds for 1,000 images). No pictures")
+                        "they can converge to (one pass; seconds for 1,000 images). No pictures")
     p.add_argument("--savedir", default="inpainting_images", help="picture folder (default: ./inpainting_images)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--figure", default=None,

@@ -234,7 +234,7 @@ class BottomCouplingLayer(nn.Module):
     pixels, zeros elsewhere) plus the indicator of what it sees. s comes from a net that sees only the top half
     when `scale_from` is "top" (the default): then the layer's log-det does not depend on the bottom half, so
     with the top fixed log p(bottom | top) = log N(z) + a constant has a single critical point, the image of
-    z_bottom = 0 (`bottom_mode`), and the inpainting's gradient ascent finds it. With "seen" s reads what t reads
+    z_bottom = 0 (`bottom_mode`), the only point the inpainting's gradient ascent can converge to. With "seen" s reads what t reads
     (more expressive; sharp local maxima). Starts as the identity (zero-initialised last layers)."""
 
     def __init__(self, num_inputs, parity, hidden, res_blocks=1, scale_from="top", context_rows=14):
@@ -613,7 +613,7 @@ def _mode_from_stage(layers, end, stage_out):
 def bottom_mode(model, logits):
     """The bottom-half logits (B, 392) at which a split flow's log p(bottom | top) is largest, for the top half of
     `logits` (B, 784): the inverse of z_bottom = 0. It is the only critical point, so the one the inpainting's
-    gradient ascent converges to, when every bottom coupling's scale reads the top half only (bottom_scale "top").
+    gradient ascent can converge to, when every bottom coupling's scale reads the top half only (bottom_scale "top").
     Differentiable; in training mode the batch norms use the statistics of the last direct pass."""
     layers = list(model)
     end = _bottom_stage_end(layers)
@@ -626,7 +626,7 @@ def bottom_mode(model, logits):
 @torch.no_grad()
 def mode_inpainting(model, images, batch_size=500):
     """`images` (N, 784) in (0, 1) with their bottom half replaced by the split flow's bottom_mode given their top:
-    what the inpainting protocol's 1,000 gradient steps converge to, in one pass (eval mode)."""
+    where the inpainting protocol's 1,000 gradient steps end when they converge, in one pass (eval mode)."""
     model.eval()
     device = model.prior_loc.device
     out = []

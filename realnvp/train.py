@@ -99,14 +99,14 @@ def build_parser():
                    help=f"split: channels of their nets (default: {preset_defaults('bottom_hidden')})")
     p.add_argument("--bottom-scale", default=None, choices=["top", "seen"],
                    help="split: what the bottom couplings' scales read: top (log p(bottom | top) then has one maximum, "
-                        "which the inpainting finds) or seen (also the bottom pixels they condition on) "
+                        "which the inpainting climbs towards) or seen (also the bottom pixels they condition on) "
                         f"(default: {preset_defaults('bottom_scale')})")
     p.add_argument("--bottom-context", type=int, choices=range(1, 15), default=None, metavar="{1..14}",
                    help=f"split: rows of the top half their nets see (default: {preset_defaults('bottom_context')})")
     p.add_argument("--mode-weight", type=nonnegative_float, default=DEFAULT_MODE_WEIGHT,
                    help="split: weight of the squared error, in pixels summed over the bottom half, between a training "
-                        "image and the maximum of log p(bottom | its top half) (the point the inpainting converges "
-                        "to), added to the negative log-likelihood (default: %(default)s)")
+                        "image and the maximum of log p(bottom | its top half) (the point the inpainting climbs "
+                        "towards), added to the negative log-likelihood (default: %(default)s)")
     p.add_argument("--bn-images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
                         "shipped checkpoint is recomputed over the whole training set)")
@@ -157,7 +157,7 @@ class RealNVPTask(Task):
     def __init__(self, config, train_images, test_images, img_dir, args, device):
         self.config, self.train_images, self.test_images, self.img_dir = config, train_images, test_images, img_dir
         self.device, self.bn_images, self.mode_weight = device, args.bn_images, args.mode_weight
-        if config.arch == "split":   # where the inpainting converges (bottom_mode), on test images, per epoch
+        if config.arch == "split":   # where the inpainting climbs to (bottom_mode), on test images, per epoch
             self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"]}
             self.mode_raw = masked_inputs(test_images[:MODE_IMAGES], torch.Generator().manual_seed(0))[0]
         self.model = build(config).to(device)
