@@ -230,12 +230,13 @@ class BottomCouplingLayer(nn.Module):
     """Affine coupling of the bottom half (rows 14-27) given the top half and half of the bottom itself.
 
     The bottom half's pixels where the checkerboard `parity` is 1 pass through; the others get
-    z = x * exp(s) + t. t comes from a conv net that sees the whole 28x28 image (top rows, passing bottom
-    pixels, zeros elsewhere) plus the indicator of what it sees. s comes from a net that sees only the top half
-    when `scale_from` is "top" (the default): then the layer's log-det does not depend on the bottom half, so
-    with the top fixed log p(bottom | top) = log N(z) + a constant has a single critical point, the image of
-    z_bottom = 0 (`bottom_mode`), the only point the inpainting's gradient ascent can converge to. With "seen" s reads what t reads
-    (more expressive; sharp local maxima). Starts as the identity (zero-initialised last layers)."""
+    z = x * exp(s) + t. t comes from a conv net that sees the last `context_rows` rows of the top half and the
+    bottom half (passing bottom pixels, zeros elsewhere) plus the indicator of what it sees. s comes from a net
+    that sees only those top rows when `scale_from` is "top" (the default): then the layer's log-det does not
+    depend on the bottom half, so with the top fixed log p(bottom | top) = log N(z) + a constant has a single
+    critical point, the image of z_bottom = 0 (`bottom_mode`), the only point the inpainting's gradient ascent
+    can converge to. With "seen" s reads what t reads (more expressive; sharp local maxima). Starts as the
+    identity (zero-initialised last layers)."""
 
     def __init__(self, num_inputs, parity, hidden, res_blocks=1, scale_from="top", context_rows=14):
         super().__init__()
@@ -435,7 +436,8 @@ def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum
     top[: num_inputs // 2] = 1
     modules = [CouplingLayer(num_inputs, num_hidden, top), BatchNormFlow(num_inputs, bn_momentum)]
     for k in range(bottom_couplings):
-        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks, bottom_scale, bottom_context), BatchNormFlow(num_inputs, bn_momentum)]
+        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks, bottom_scale, bottom_context),
+                    BatchNormFlow(num_inputs, bn_momentum)]
     return modules + _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs,
                                    shape=(1, 14, 28))
 
@@ -639,7 +641,7 @@ def mode_inpainting(model, images, batch_size=500):
 
 def log_probs_and_mode(model, x):
     """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
-    of the bottom stage (for the training loss that puts the mode at the data's conditional mean)."""
+    of the bottom stage."""
     layers = list(model)
     end = _bottom_stage_end(layers)
     h, logdet = model._pre_process(x), 0
@@ -650,6 +652,14 @@ def log_probs_and_mode(model, x):
         logdet = logdet + d
     log_probs = model.prior.log_prob(h).sum(-1, keepdim=True) + logdet
     return log_probs, _mode_from_stage(layers, end, stage_out)
+
+
+def log_probs_and_mode_sse(model, x):
+    """(model.log_probs(x) (B, 1), mean over the batch of the squared error, in pixels summed over the bottom half,
+    between x and bottom_mode of its top half): the two terms of the `--mode-weight` training loss, which puts the
+    maximum the inpainting climbs towards at the data."""
+    log_probs, mode = log_probs_and_mode(model, x)
+    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean()
 
 
 def masked_inputs(images, generator):

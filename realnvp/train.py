@@ -24,11 +24,10 @@ from mnistgen.data import load_mnist
 from mnistgen.files import ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
 from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
-                            positive_float,
-                            positive_int, run_cli, save_image_grid, seed_everything)
+                            positive_float, positive_int, run_cli, save_image_grid, seed_everything)
 from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
                      bits_per_dim, build, evaluate_bpd, load, preprocess, recompute_batchnorm)
-from realnvp.realnvp import HALF, inpaint_mse, log_probs_and_mode, masked_inputs, mode_inpainting
+from realnvp.realnvp import inpaint_mse, log_probs_and_mode_sse, masked_inputs, mode_inpainting
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
 FP16_TOLERANCE = 5e-4     # bits/dim change allowed when shipping fp16 weights
@@ -182,8 +181,7 @@ class RealNVPTask(Task):
         stats = {}
         if self.mode_weight:
             # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half
-            log_probs, mode = log_probs_and_mode(self.model, x)
-            mode_sse = (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean()
+            log_probs, mode_sse = log_probs_and_mode_sse(self.model, x)
             loss = -log_probs.mean() + self.mode_weight * mode_sse
             stats["mode_sse"] = mode_sse.item()
         else:
