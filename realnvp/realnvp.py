@@ -639,6 +639,21 @@ def mode_inpainting(model, images, batch_size=500):
     return torch.cat(out)
 
 
+def mode_curvature(model, images, batch_size=250, iters=20):
+    """ascent_curvature at the conditional maximum for each of `images` (N, 784) in (0, 1), eval mode (N,): the
+    inpainting protocol's fixed step of 0.2 can converge to the maximum only where it is below 10."""
+    model.eval()
+    device = model.prior_loc.device
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for start in range(0, len(images), batch_size):
+        logits = torch.logit(images[start:start + batch_size].to(device))
+        with torch.no_grad():
+            mode = bottom_mode(model, logits)
+            out.append(ascent_curvature(model, logits[:, :HALF], mode, iters, gen).cpu())
+    return torch.cat(out)
+
+
 def log_probs_and_mode(model, x):
     """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
     of the bottom stage."""
@@ -656,10 +671,73 @@ def log_probs_and_mode(model, x):
 
 def log_probs_and_mode_sse(model, x):
     """(model.log_probs(x) (B, 1), mean over the batch of the squared error, in pixels summed over the bottom half,
-    between x and bottom_mode of its top half): the two terms of the `--mode-weight` training loss, which puts the
-    maximum the inpainting climbs towards at the data."""
+    between x and bottom_mode of its top half, that mode): the two terms of the `--mode-weight` training loss,
+    which puts the maximum the inpainting climbs towards at the data, and where `curvature_excess` looks."""
     log_probs, mode = log_probs_and_mode(model, x)
-    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean()
+    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean(), mode
+
+
+def _bottom_latent(layers, end, top, bottom):
+    """z_bottom as a function of the bottom-half logits for fixed top-half logits: the bottom stage, then the
+    top-half flow's batch norms on the bottom's dimensions (all it does to them). Batch norms use their current
+    statistics without updating them (in training mode: those of the last direct pass), so images stay
+    independent and the map can be differentiated per image."""
+    h = torch.cat([top, bottom], dim=1)
+    for m in layers[:end]:
+        h = _fixed_batchnorm(m, h) if isinstance(m, BatchNormFlow) else m(h, "direct")[0]
+    z = h[:, HALF:]
+    for m in layers[end:]:
+        if isinstance(m, BatchNormFlow):
+            z = _fixed_batchnorm(m, z, HALF)
+    return z
+
+
+def _fixed_batchnorm(m, x, first=0):
+    mean, var = (stat.detach() for stat in m._stats())
+    return torch.exp(m.log_gamma[first:]) * (x - mean[first:]) / var[first:].sqrt() + m.beta[first:]
+
+
+def ascent_curvature(model, top, bottom, iters=4, generator=None):
+    """Largest eigenvalue of J^T J per image (B,), J = d z_bottom / d bottom at the given bottom-half logits, by
+    `iters` power iterations from a random start (an estimate from below). At the conditional maximum (z_bottom = 0)
+    J^T J is the Hessian of -log p(bottom | top), so the inpainting's fixed step of 0.2 converges there only when
+    this is below 2 / 0.2 = 10. Differentiable in the model's parameters (through the last product only)."""
+    layers = list(model)
+    end = _bottom_stage_end(layers)
+    top, bottom = top.detach(), bottom.detach()
+
+    def latent(b):
+        return _bottom_latent(layers, end, top, b)
+
+    def jacobian_times(v):
+        # J v by a central difference (cheaper than forward-mode AD here, and a plain graph in the parameters); its
+        # error, O(step^2) times third derivatives, is far below the power iteration's own
+        step = 1e-2
+        return (latent(bottom + step * v) - latent(bottom - step * v)) / (2 * step)
+
+    v = torch.randn(bottom.shape, generator=generator).to(bottom)
+    with torch.enable_grad():
+        b = bottom.clone().requires_grad_(True)
+        z = latent(b)
+    for _ in range(iters):   # they only find the direction: no graph in the parameters
+        v = v / v.norm(dim=1, keepdim=True)
+        with torch.no_grad():
+            jv = jacobian_times(v)
+        v = torch.autograd.grad(z, b, jv, retain_graph=True)[0]   # J^T J v
+    return jacobian_times(v / v.norm(dim=1, keepdim=True)).pow(2).sum(1)
+
+
+def curvature_excess(model, x, mode, limit, images=16, generator=None):
+    """Mean of relu(ascent_curvature - limit)^2 over two points of the inpainting's path for each of the first
+    `images` images of `x` (B, 784, in (0, 1)): the conditional maximum given its top half (`mode`, bottom-half
+    logits from log_probs_and_mode_sse) and a random point between it and a noise start like the protocol's (bottom
+    logits +-logit(HI)). Call after the direct pass that gave `mode` (in training mode its batch statistics)."""
+    top = torch.logit(x[:images, :HALF])
+    mode = mode[:images].detach()
+    start = (torch.rand(mode.shape, generator=generator) < 0.5).to(mode) * 2 - 1
+    between = mode + torch.rand(mode.size(0), 1, generator=generator).to(mode) * (start * math.log(HI / LO) - mode)
+    curvature = ascent_curvature(model, torch.cat([top, top]), torch.cat([mode, between]), iters=3, generator=generator)
+    return torch.relu(curvature - limit).pow(2).mean()
 
 
 def masked_inputs(images, generator):

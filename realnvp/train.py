@@ -181,7 +181,7 @@ class RealNVPTask(Task):
         stats = {}
         if self.mode_weight:
             # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half
-            log_probs, mode_sse = log_probs_and_mode_sse(self.model, x)
+            log_probs, mode_sse, _ = log_probs_and_mode_sse(self.model, x)
             loss = -log_probs.mean() + self.mode_weight * mode_sse
             stats["mode_sse"] = mode_sse.item()
         else:

@@ -13,8 +13,9 @@ from mnistgen.data import load_mnist
 from realnvp import (DEFAULT_PATH, KIND, PRESETS, BatchNormFlow, ConvCouplingLayer, CouplingLayer, RealNVPConfig,
                      Shuffle, bits_per_dim, build, draw_samples, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
                      preprocess, recompute_batchnorm)
-from realnvp.realnvp import (HALF, HI, LO, BottomCouplingLayer, bottom_mode, channel_mask, checkerboard, inpaint_mse,
-                             log_probs_and_mode, logit_logdet, mode_inpainting)
+from realnvp.realnvp import (HALF, HI, LO, BottomCouplingLayer, ascent_curvature, bottom_mode, channel_mask, checkerboard,
+                             curvature_excess, inpaint_mse, log_probs_and_mode, logit_logdet, mode_curvature,
+                             mode_inpainting)
 
 TINY_CONV = RealNVPConfig(arch="conv", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
 FAST_MLP = RealNVPConfig(arch="mlp", num_hidden=8, num_blocks=2)   # for the 1000-step inpainting
@@ -131,6 +132,29 @@ def test_bottom_mode_is_the_only_critical_point_of_the_conditional():
     log_probs, mode_train = log_probs_and_mode(model, torch.sigmoid(logits))
     assert torch.allclose(log_probs, model.log_probs(torch.sigmoid(logits)))
     assert torch.allclose(mode_train, bottom_mode(model, logits))
+
+
+def test_ascent_curvature_is_the_hessian_top_eigenvalue_at_the_conditional_maximum():
+    """At bottom_mode, the Hessian of -log p in the bottom logits is J^T J: ascent_curvature must give its largest
+    eigenvalue (brute force on one image), and be differentiable in the parameters."""
+    model = perturb(build(TINY_SPLIT_FLOW), std=0.3).double().eval()
+    logits = torch.logit(pixels(1).double())
+    mode = bottom_mode(model, logits).detach()
+
+    def neg_log_p(bottom):
+        return -model.log_probs(torch.cat([logits[:, :HALF], bottom[None]], 1), pre_process=False).sum()
+
+    hessian = torch.autograd.functional.hessian(neg_log_p, mode[0])
+    largest = torch.linalg.eigvalsh(hessian)[-1].item()
+    estimate = ascent_curvature(model, logits[:, :HALF], mode, iters=200, generator=gen(0))
+    assert estimate.shape == (1,) and estimate.item() == pytest.approx(largest, rel=1e-3)
+    model.float().train()
+    x = pixels(4)
+    mode = log_probs_and_mode(model, x)[1]   # and the batch statistics the penalty's batch norms use
+    excess = curvature_excess(model, x, mode, limit=0.0, generator=gen(1))
+    excess.backward()
+    assert excess.item() > 0
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model[2].parameters())   # a bottom coupling
 
 
 @pytest.mark.parametrize("make", [
@@ -580,6 +604,8 @@ def test_shipped_conditional_mode_is_what_the_protocol_recorded():
     raw, _, _ = masked_inputs(load_mnist(train=True)[0][:100], gen(0))
     mse = inpaint_mse(mode_inpainting(load(SHIPPED), raw), raw)["masked"]
     assert mse == pytest.approx(recorded["recovery"]["masked"], abs=5e-4)
+    # and why the ascent gets there: the curvature at the maximum is where its fixed step of 0.2 is stable
+    assert mode_curvature(load(SHIPPED), raw).max() < 10
 
 
 def test_train_with_the_mode_loss_logs_it_and_the_inpainting_estimate(tmp_path):
@@ -601,7 +627,11 @@ def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
                            "--device", "cpu"])
     raw, _, _ = masked_inputs(load_mnist(train=True)[0][:7], gen(0))
     assert res["recovery"]["masked"] == pytest.approx(inpaint_mse(mode_inpainting(model, raw), raw)["masked"])
-    assert "conditional maximum (--estimate, one pass)" in capsys.readouterr().out
+    curvature = mode_curvature(model, raw)
+    assert res["curvature"]["max"] == pytest.approx(curvature.max().item(), rel=1e-4)
+    assert res["curvature"]["above_10"] == (curvature >= 10).float().mean().item()
+    out = capsys.readouterr().out
+    assert "conditional maximum (--estimate, one pass)" in out and "curvature of -log p at the maximum" in out
     with pytest.raises(SystemExit) as err:
         inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--estimate", "--savedir", str(tmp_path / "p")])
     assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
