@@ -27,13 +27,15 @@ from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_floa
                             positive_float, positive_int, run_cli, save_image_grid, seed_everything)
 from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
                      bits_per_dim, build, evaluate_bpd, load, preprocess, recompute_batchnorm)
-from realnvp.realnvp import inpaint_mse, log_probs_and_mode_sse, masked_inputs, mode_inpainting
+from realnvp.realnvp import (curvature_excess, inpaint_mse, log_probs_and_mode_sse, masked_inputs, mode_curvature,
+                             mode_inpainting)
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
 FP16_TOLERANCE = 5e-4     # bits/dim change allowed when shipping fp16 weights
 WARMUP = 200              # steps of linear learning-rate warm-up
 MODE_IMAGES = 1000        # test images of the per-epoch inpainting estimate (split flows)
 DEFAULT_MODE_WEIGHT = 0.0 # --mode-weight of the shipped flow
+CURVATURE_IMAGES = 200    # of those, the images whose curvature at the maximum is logged per epoch
 
 
 class DashedParser(argparse.ArgumentParser):
@@ -106,6 +108,13 @@ def build_parser():
                    help="split: weight of the squared error, in pixels summed over the bottom half, between a training "
                         "image and the maximum of log p(bottom | its top half) (the point the inpainting climbs "
                         "towards), added to the negative log-likelihood (default: %(default)s)")
+    p.add_argument("--curvature-weight", type=nonnegative_float, default=0.0,
+                   help="split: weight of the squared excess over --curvature-limit of the curvature of -log p(bottom "
+                        "| top) (largest Hessian eigenvalue) at that maximum and between it and a noise start, added "
+                        "to the loss (default: %(default)s)")
+    p.add_argument("--curvature-limit", type=nonnegative_float, default=6.0,
+                   help="split: curvature allowed; the inpainting's fixed step of 0.2 converges below 10 "
+                        "(default: %(default)s)")
     p.add_argument("--bn-images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
                         "shipped checkpoint is recomputed over the whole training set)")
@@ -140,8 +149,9 @@ def model_config(args):
     for field in given:
         if field not in ARCH_FIELDS[args.arch]:
             raise UserError(f"--{field.replace('_', '-')} does not apply to --arch {args.arch}")
-    if args.mode_weight and args.arch != "split":
-        raise UserError(f"--mode-weight applies to --arch split only, not {args.arch}")
+    for flag in ("mode_weight", "curvature_weight"):
+        if getattr(args, flag) and args.arch != "split":
+            raise UserError(f"--{flag.replace('_', '-')} applies to --arch split only, not {args.arch}")
     try:
         return dataclasses.replace(PRESETS[args.arch], **given)
     except ValueError as err:
@@ -156,8 +166,10 @@ class RealNVPTask(Task):
     def __init__(self, config, train_images, test_images, img_dir, args, device):
         self.config, self.train_images, self.test_images, self.img_dir = config, train_images, test_images, img_dir
         self.device, self.bn_images, self.mode_weight = device, args.bn_images, args.mode_weight
+        self.curvature_weight, self.curvature_limit = args.curvature_weight, args.curvature_limit
         if config.arch == "split":   # where the inpainting climbs to (bottom_mode), on test images, per epoch
-            self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"]}
+            self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"],
+                                 "curvature at the mode (largest)": ["test_mode_curvature"]}
             self.mode_raw = masked_inputs(test_images[:MODE_IMAGES], torch.Generator().manual_seed(0))[0]
         self.model = build(config).to(device)
         self.modules = {"model": self.model}
@@ -179,11 +191,16 @@ class RealNVPTask(Task):
         x, log_scale = (t.to(self.device) for t in batch)
         self.model.train()
         stats = {}
-        if self.mode_weight:
-            # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half
-            log_probs, mode_sse, _ = log_probs_and_mode_sse(self.model, x)
+        if self.mode_weight or self.curvature_weight:
+            # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half, and
+            # keep the curvature on its way there where the protocol's fixed step converges
+            log_probs, mode_sse, mode = log_probs_and_mode_sse(self.model, x)
             loss = -log_probs.mean() + self.mode_weight * mode_sse
             stats["mode_sse"] = mode_sse.item()
+            if self.curvature_weight:
+                excess = curvature_excess(self.model, x, mode, self.curvature_limit)
+                loss = loss + self.curvature_weight * excess
+                stats["curvature_excess"] = excess.item()
         else:
             log_probs = self.model.log_probs(x)
             loss = -log_probs.mean()
@@ -214,6 +231,8 @@ class RealNVPTask(Task):
         metrics = dict(test_bpd=self.test_bpd)
         if self.config.arch == "split":   # an estimate only: the protocol equals it when its ascent converges
             metrics["test_mode_mse"] = inpaint_mse(mode_inpainting(self.model, self.mode_raw), self.mode_raw)["masked"]
+            # above 10 the protocol's fixed step of 0.2 cannot converge to that maximum
+            metrics["test_mode_curvature"] = mode_curvature(self.model, self.mode_raw[:CURVATURE_IMAGES]).max().item()
         return metrics
 
     def rank(self, metrics):

@@ -476,7 +476,8 @@ def test_mixed_halves_keep_the_halves_they_take():
 @pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "conv", "--num-hidden", "8"],
                                    ["--arch", "mlp", "--checker", "1,1"], ["--num-blocks", "3"], ["--no-cuda"],
                                    ["--load_path", "x.pt"], ["--arch", "conv", "--mode-weight", "1"],
-                                   ["--mode-weight", "-1"], ["--bottom-scale", "all"], ["--bottom-context", "15"]])
+                                   ["--mode-weight", "-1"], ["--bottom-scale", "all"], ["--bottom-context", "15"],
+                                   ["--arch", "conv", "--curvature-weight", "1"], ["--curvature-limit", "-1"]])
 def test_bad_train_flags_exit_2(flags, capsys):
     from realnvp import train
     with pytest.raises(SystemExit) as err:
@@ -608,14 +609,15 @@ def test_shipped_conditional_mode_is_what_the_protocol_recorded():
     assert mode_curvature(load(SHIPPED), raw).max() < 10
 
 
-def test_train_with_the_mode_loss_logs_it_and_the_inpainting_estimate(tmp_path):
+def test_train_with_the_mode_and_curvature_losses_logs_them_and_the_inpainting_estimate(tmp_path):
     from realnvp import train
     run = ["--log-dir", str(tmp_path / "run"), "--epochs", "1", "--mode-weight", "20", "--bottom-couplings", "2",
-           "--bottom-hidden", "4", "--bottom-context", "4"]
+           "--bottom-hidden", "4", "--bottom-context", "4", "--curvature-weight", "1", "--curvature-limit", "0"]
     load(train.main(SMOKE + run))
     header, row = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
     values = dict(zip(header.split(","), row.split(",")))
     assert float(values["mode_sse"]) > 0 and 0 < float(values["test_mode_mse"]) < 1
+    assert float(values["curvature_excess"]) > 0 and float(values["test_mode_curvature"]) > 0
 
 
 def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
