@@ -53,7 +53,8 @@ def build_parser():
 @run_cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    savedir = ensure_writable_dir(args.savedir, "picture folder (--savedir)")
+    # (--estimate draws no pictures: no folder for them)
+    savedir = None if args.estimate else ensure_writable_dir(args.savedir, "picture folder (--savedir)")
     for path, flag in [(args.json, "--json"), (args.figure, "--figure")]:
         if path:
             ensure_writable(path, flag)

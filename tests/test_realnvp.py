@@ -634,6 +634,7 @@ def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
     assert res["curvature"]["above_10"] == (curvature >= 10).float().mean().item()
     out = capsys.readouterr().out
     assert "conditional maximum (--estimate, one pass)" in out and "curvature of -log p at the maximum" in out
+    assert not (tmp_path / "p").exists()   # no pictures, no picture folder
     with pytest.raises(SystemExit) as err:
         inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--estimate", "--savedir", str(tmp_path / "p")])
     assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
