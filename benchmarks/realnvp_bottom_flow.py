@@ -4,7 +4,8 @@ Takes the shipped split flow (`models/realnvp.pt`: conv flow on the top half, Ga
 space), inserts --bottom_couplings conv couplings of the bottom half given the top (`BottomCouplingLayer`, each
 starting as the identity, so the start is the shipped model exactly), fine-tunes the whole flow for --steps
 steps (Adam, cosine-decayed learning rate, batch 64; with --mode_weight the loss adds the squared error of the
-conditional maximum, as `realnvp/train.py --mode-weight` does), recomputes the batch-norm statistics and prints:
+conditional maximum, as `realnvp/train.py --mode-weight` does, and with --curvature_weight the excess curvature of
+-log p(bottom | top) on the protocol's way to it, as `--curvature-weight` does), recomputes the batch-norm statistics and prints:
 test bits/dim (10,000 test images), the classifier's scores of 1,000 samples at temperature 1.0 and 0.8, the
 masked-half MSE of the conditional maximum (`mode_inpainting`) on the first 1,000 test images, and the inpainting
 protocol (`run_inpainting`, seed 0) on the first --num_images training images with its wall time, next to the
@@ -12,6 +13,7 @@ conditional maximum's figure on the same images (they agree when the protocol's 
 
     python benchmarks/realnvp_bottom_flow.py --bottom_scale seen --bottom_hidden 32   # the README's first row, ~35 min
     python benchmarks/realnvp_bottom_flow.py --bottom_context 4 --bottom_hidden 16 --mode_weight 20
+    python benchmarks/realnvp_bottom_flow.py --bottom_context 4 --bottom_hidden 8 --mode_weight 20 --curvature_weight 1
 """
 import argparse
 import dataclasses
