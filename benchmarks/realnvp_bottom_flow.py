@@ -33,8 +33,8 @@ from mnistgen.checkpoint import config_from_dict, load_checkpoint, save_checkpoi
 from mnistgen.data import load_mnist
 from mnistgen.files import ensure_writable
 from mnistgen.utils import UserError, add_common_args, nonnegative_float, positive_int, run_cli, save_image_grid
-from realnvp.realnvp import (DEFAULT_PATH, KIND, RealNVPConfig, build, draw_samples, evaluate_bpd, inpaint_mse,
-                             curvature_excess, log_probs_and_mode_sse, masked_inputs, mode_inpainting, preprocess, recompute_batchnorm,
+from realnvp.realnvp import (CURVATURE_LIMIT, DEFAULT_PATH, KIND, RealNVPConfig, build, draw_samples, evaluate_bpd,
+                             inpaint_mse, inpainting_loss, masked_inputs, mode_inpainting, preprocess, recompute_batchnorm,
                              run_inpainting)
 
 
@@ -75,8 +75,8 @@ def main(argv=None):
                    help="weight of the squared excess of the ascent's curvature (ascent_curvature) over "
                         "--curvature_limit, at the conditional maximum and at a random point between it and the "
                         "protocol's noise start (default: 0)")
-    p.add_argument("--curvature_limit", type=nonnegative_float, default=6.0,
-                   help="curvature allowed (the fixed step of 0.2 converges below 10) (default: 6)")
+    p.add_argument("--curvature_limit", type=nonnegative_float, default=CURVATURE_LIMIT,
+                   help="curvature allowed (the fixed step of 0.2 converges below 10) (default: %(default)s)")
     p.add_argument("--save", default=None, help="also save the fine-tuned flow to this checkpoint")
     p.add_argument("--steps", type=positive_int, default=1500, help="fine-tuning steps (default: 1500)")
     p.add_argument("--lr", type=nonnegative_float, default=5e-4, help="peak learning rate (default: 5e-4)")
@@ -100,19 +100,17 @@ def main(argv=None):
         x, _ = preprocess(train[order[first:first + 64]], gen)
         for group in opt.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        log_probs, mode_sse, mode = log_probs_and_mode_sse(model, x)
+        log_probs, loss, terms = inpainting_loss(model, x, args.mode_weight, args.curvature_weight,
+                                                 args.curvature_limit, gen)
         nll = -log_probs.mean()
-        loss = nll + args.mode_weight * mode_sse
-        if args.curvature_weight:
-            excess = curvature_excess(model, x, mode, args.curvature_limit, generator=gen)
-            loss = loss + args.curvature_weight * excess
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 100.0)
         opt.step()
         if step % 250 == 0:
             print(f"step {step}: nll {nll.item() / 784:.4f} nats/dim, loss {loss.item() / 784:.4f}, "
-                  f"{time.time() - start:.0f} s" + (f", curvature excess {excess.item():.3g}" if args.curvature_weight else ""),
+                  f"{time.time() - start:.0f} s"
+                  + (f", curvature excess {terms['curvature_excess']:.3g}" if args.curvature_weight else ""),
                   flush=True)
     print(f"fine-tuning: {(time.time() - start) / 60:.1f} min")
     recompute_batchnorm(model, train[:20000], generator=torch.Generator().manual_seed(0))

@@ -740,6 +740,27 @@ def curvature_excess(model, x, mode, limit, images=16, generator=None):
     return torch.relu(curvature - limit).pow(2).mean()
 
 
+CURVATURE_LIMIT = 6.0   # default curvature allowed by the penalty (the protocol's step of 0.2 converges below 10)
+
+
+def inpainting_loss(model, x, mode_weight=0.0, curvature_weight=0.0, curvature_limit=CURVATURE_LIMIT, generator=None):
+    """(log p of x (B, 1), the training loss, {name: float} of its extra terms): -mean log p, plus mode_weight x the
+    squared error of the conditional maximum (log_probs_and_mode_sse) and curvature_weight x curvature_excess when
+    they are non-zero: the inpainting returns that maximum, so train it towards the data's bottom half, and keep
+    the curvature on its way there where the protocol's fixed step converges."""
+    if not (mode_weight or curvature_weight):
+        log_probs = model.log_probs(x)
+        return log_probs, -log_probs.mean(), {}
+    log_probs, mode_sse, mode = log_probs_and_mode_sse(model, x)
+    loss = -log_probs.mean() + mode_weight * mode_sse
+    stats = {"mode_sse": mode_sse.item()}
+    if curvature_weight:
+        excess = curvature_excess(model, x, mode, curvature_limit, generator=generator)
+        loss = loss + curvature_weight * excess
+        stats["curvature_excess"] = excess.item()
+    return log_probs, loss, stats
+
+
 def masked_inputs(images, generator):
     """(raw x (N, 784), masked copy, bool mask (N, 784)) of the graders' protocol: dequantized and
     rescaled images, bottom half replaced by Bernoulli(0.5) values rescaled to [LO, HI]. The noise

@@ -27,7 +27,7 @@ from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_floa
                             positive_float, positive_int, run_cli, save_image_grid, seed_everything)
 from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
                      bits_per_dim, build, evaluate_bpd, load, preprocess, recompute_batchnorm)
-from realnvp.realnvp import (curvature_excess, inpaint_mse, log_probs_and_mode_sse, masked_inputs, mode_curvature,
+from realnvp.realnvp import (CURVATURE_LIMIT, inpaint_mse, inpainting_loss, masked_inputs, mode_curvature,
                              mode_inpainting)
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
@@ -112,7 +112,7 @@ def build_parser():
                    help="split: weight of the squared excess over --curvature-limit of the curvature of -log p(bottom "
                         "| top) (largest Hessian eigenvalue) at that maximum and between it and a noise start, added "
                         "to the loss (default: %(default)s)")
-    p.add_argument("--curvature-limit", type=nonnegative_float, default=6.0,
+    p.add_argument("--curvature-limit", type=nonnegative_float, default=CURVATURE_LIMIT,
                    help="split: curvature allowed; the inpainting's fixed step of 0.2 converges below 10 "
                         "(default: %(default)s)")
     p.add_argument("--bn-images", type=positive_int, default=10000,
@@ -190,20 +190,8 @@ class RealNVPTask(Task):
     def train_step(self, batch):
         x, log_scale = (t.to(self.device) for t in batch)
         self.model.train()
-        stats = {}
-        if self.mode_weight or self.curvature_weight:
-            # The inpainting returns the maximum of log p(bottom | top): train it towards the data's bottom half, and
-            # keep the curvature on its way there where the protocol's fixed step converges
-            log_probs, mode_sse, mode = log_probs_and_mode_sse(self.model, x)
-            loss = -log_probs.mean() + self.mode_weight * mode_sse
-            stats["mode_sse"] = mode_sse.item()
-            if self.curvature_weight:
-                excess = curvature_excess(self.model, x, mode, self.curvature_limit)
-                loss = loss + self.curvature_weight * excess
-                stats["curvature_excess"] = excess.item()
-        else:
-            log_probs = self.model.log_probs(x)
-            loss = -log_probs.mean()
+        log_probs, loss, stats = inpainting_loss(self.model, x, self.mode_weight, self.curvature_weight,
+                                                 self.curvature_limit)
         if not torch.isfinite(loss):
             raise TrainingDiverged("non-finite training loss")
         opt = self.optimizers["model"]
