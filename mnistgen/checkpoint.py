@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mnistgen.files import atomic_torch_save
-from mnistgen.utils import UserError
+from mnistgen.errors import UserError
 
 FORMAT = 1
 

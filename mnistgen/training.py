@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from mnistgen.checkpoint import CheckpointError, half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.files import ensure_writable, ensure_writable_dir
-from mnistgen.utils import CsvLog, UserError, plot_curves, positive_float, positive_int
+from mnistgen.errors import UserError
+from mnistgen.paths import FIGURES_DIR, MODELS_DIR, RUNS_DIR
+from mnistgen.utils import CsvLog, flag_names, plot_curves, positive_float, positive_int
 
 
 class TrainingDiverged(UserError):
@@ -57,42 +59,43 @@ class RunOptions:
     save_flag: str = "--save_path"    # how the script spells the flag of save_path (for messages)
 
 
-def add_run_args(parser, logdir, save_path, epochs=None, figures=True):
+def add_run_args(parser, logdir, save_path, epochs=None, figures=True, dashed_aliases=False):
     """The training flags every model's script shares; `epochs` is the model's default --num_epochs;
-    figures=False for a model without README figures (no --figures_dir)."""
+    figures=False for a model without README figures (no --figures_dir); dashed_aliases=True also accepts
+    each flag spelled with dashes (--save-path)."""
+    def add(name, **kwargs):
+        parser.add_argument(*flag_names(name, dashed_aliases), **kwargs)
     if epochs is not None:
-        parser.add_argument("--num_epochs", type=positive_int, default=epochs, help=f"training epochs (default: {epochs})")
-    parser.add_argument("--logdir", default=None,
-                        help=f"run folder: log.csv, curves.png, grids, last.pt (for --resume), best.pt (default: {logdir})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --logdir from its last.pt")
-    parser.add_argument("--save_path", default=None,
-                        help=f"where the shipped checkpoint goes (default: {save_path}, written only by a complete "
-                             "run: not with --limit or a --max_minutes stop)")
-    parser.add_argument("--limit", type=positive_int, default=None,
-                        help="train on the first N training images only (smoke runs; never ships)")
-    parser.add_argument("--max_minutes", type=positive_float, default=None,
-                        help="stop (resumable) after this many minutes of training (default: no limit)")
+        add("--num_epochs", type=positive_int, default=epochs, help=f"training epochs (default: {epochs})")
+    add("--logdir", default=None,
+        help=f"run folder: log.csv, curves.png, grids, last.pt (for --resume), best.pt (default: {logdir})")
+    add("--resume", action="store_true", help="continue the run in --logdir from its last.pt")
+    add("--save_path", default=None,
+        help=f"where the shipped checkpoint goes (default: {save_path}, written only by a complete "
+             "run: not with --limit or a --max_minutes stop)")
+    add("--limit", type=positive_int, default=None,
+        help="train on the first N training images only (smoke runs; never ships)")
+    add("--max_minutes", type=positive_float, default=None,
+        help="stop (resumable) after this many minutes of training (default: no limit)")
     if figures:
-        parser.add_argument("--figures_dir", default=None,
-                            help="where the README figures of the shipped model go (default: figures/, written "
-                                 "only by a complete run)")
+        add("--figures_dir", default=None,
+            help="where the README figures of the shipped model go (default: figures/, written only by a complete run)")
     return parser
 
 
 def run_options(args, name, total_steps, eval_every, **extra):
     """RunOptions from the flags of `add_run_args` for the model `name` (runs/NAME, models/NAME.pt)."""
-    from mnistgen.utils import MODELS_DIR, REPO_ROOT
-    return RunOptions(logdir=Path(args.logdir or REPO_ROOT / "runs" / name), total_steps=total_steps,
+    return RunOptions(logdir=Path(args.logdir or RUNS_DIR / name), total_steps=total_steps,
                       eval_every=eval_every, seed=args.seed, resume=args.resume,
                       save_path=args.save_path and Path(args.save_path), default_save_path=MODELS_DIR / f"{name}.pt",
                       complete_run=args.limit is None, max_minutes=args.max_minutes,
                       figures_dir=getattr(args, "figures_dir", None) and Path(args.figures_dir),
-                      default_figures_dir=REPO_ROOT / "figures", **extra)
+                      default_figures_dir=FIGURES_DIR, **extra)
 
 
 def check_outputs(save_path, figures_dir, logdir, flags=("--save_path", "--figures_dir", "--logdir")):
     """Fail in one line, before any work, when an output location of a run cannot be written. `flags` names
-    them as the script spells them (realnvp/train.py keeps the skeleton's dashes)."""
+    them as the script spells them."""
     if save_path is not None:
         ensure_writable(save_path, flags[0])
     if figures_dir is not None:

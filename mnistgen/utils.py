@@ -1,7 +1,8 @@
-"""Small helpers every script uses: errors, devices, seeding, argument checks, images, logs."""
+"""Small helpers every script uses: devices, seeding, flags and their one-line errors, images, logs."""
 import argparse
 import csv
 import functools
+import os
 import random
 import sys
 from pathlib import Path
@@ -9,27 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO_ROOT / "models"
-
-
-class UserError(Exception):
-    """A problem with the user's input (paths, flags, files): reported in one line, exit code 2."""
-
-
-def run_cli(main):
-    """Run `main()`, turning a UserError into a one-line message and exit code 2 (no traceback)."""
-    @functools.wraps(main)
-    def wrapper(*args, **kwargs):
-        try:
-            return main(*args, **kwargs)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            sys.exit(130)
-    return wrapper
+from mnistgen.errors import UserError, run_cli  # noqa: F401 (run_cli: the scripts import it from here)
+from mnistgen.files import atomic_write
+from mnistgen.paths import MODELS_DIR, REPO_ROOT, shown  # noqa: F401 (the model packages import them from here)
 
 
 def pick_device(name="auto"):
@@ -62,18 +45,37 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def program_name():
+    """The command as it is typed, for usage lines and messages: `python -m report` for a module run with -m,
+    else the script's path relative to the repository (`ebm/main.py`) from whatever folder it was started."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return "python -m " + spec.name.removesuffix(".__main__")
+    return shown(sys.argv[0])
+
+
+def flag_names(name, dashed_aliases=False):
+    """`name` (spelled with underscores, the project's spelling) and, with dashed_aliases, its dashed alias."""
+    dashed = "--" + name[2:].replace("_", "-")
+    return (name, dashed) if dashed_aliases and dashed != name else (name,)
+
+
 def _one_line_error(parser, message):
     """argparse's error, in the project's one-line form (its default adds the whole usage text)."""
     print(f"error: {message} (see {parser.prog} --help)", file=sys.stderr)
     sys.exit(2)
 
 
-def add_common_args(parser):
-    """The flags every script shares (and one-line errors for bad flags)."""
+def add_common_args(parser, dashed_aliases=False):
+    """The flags every script shares, one-line errors for bad flags, and the usage line's command as typed
+    (unless the script set `prog`). dashed_aliases=True also accepts each flag spelled with dashes
+    (--data-root), for a script whose own flags keep a skeleton's dashes."""
+    if parser.prog == os.path.basename(sys.argv[0]):  # argparse's default: the file name without its folder
+        parser.prog = program_name()
     parser.error = functools.partial(_one_line_error, parser)
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    parser.add_argument(*flag_names("--device", dashed_aliases), default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where to run: auto picks CUDA, then MPS, then CPU (default: auto)")
-    parser.add_argument("--data_root", default=None,
+    parser.add_argument(*flag_names("--data_root", dashed_aliases), default=None,
                         help="folder holding MNIST/raw/ (default: $MNIST_ROOT, then data/ at the repository root; "
                              "downloaded there when missing)")
     return parser
@@ -116,8 +118,7 @@ def probability(text):
 
 def save_image_grid(images, path, nrow=10):
     """Write images (N, 1, 28, 28) in [0, 1] as one PNG grid, `nrow` images per row."""
-    from torchvision.utils import save_image
-    from mnistgen.files import atomic_write
+    from torchvision.utils import save_image  # torchvision is slow to import; only the scripts that draw need it
     with atomic_write(path) as tmp:
         save_image(images.detach().float().cpu().clamp(0, 1), tmp, nrow=nrow, padding=2, pad_value=1.0, format="png")
     return Path(path)
@@ -149,7 +150,6 @@ class CsvLog:
         rows = self.rows()
         kept = [r for r in rows if float(r[key]) <= last]
         if len(kept) < len(rows):
-            from mnistgen.files import atomic_write
             with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(rows[0]))
                 writer.writeheader()
@@ -158,7 +158,7 @@ class CsvLog:
 
 def plot_curves(rows, x_key, panels, path, title=None):
     """One PNG with a panel per entry of `panels` ({panel title: [column, ...]}), x = `x_key`."""
-    import matplotlib
+    import matplotlib  # heavy, and only the training runs draw curves
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if not rows:
@@ -176,7 +176,6 @@ def plot_curves(rows, x_key, panels, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from mnistgen.files import atomic_write
     with atomic_write(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
