@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mnistgen.checkpoint import load_model
+from mnistgen.data import load_mnist
 from mnistgen.utils import MODELS_DIR, UserError
 
 KIND = "classifier"
@@ -201,7 +202,6 @@ def get_scorer(device="cpu", data_root=None, path=DEFAULT_PATH):
     Raises a one-line UserError when the classifier checkpoint is missing."""
     key = (str(device), str(data_root), str(path))
     if key not in _SCORERS:
-        from mnistgen.data import load_mnist
         model = load(path, device)
         test_images, test_labels = load_mnist(train=False, data_root=data_root)
         _SCORERS[key] = Scorer(model, test_images, test_labels)
@@ -213,7 +213,6 @@ def reference_scores(scorer, data_root=None, seed=0):
     reaches) and a mode-collapsed set (10 test images per class, each repeated 100 times)."""
     key = (str(data_root), seed)
     if key not in scorer.references:
-        from mnistgen.data import load_mnist
         train_images, train_labels = load_mnist(train=True, data_root=data_root)
         pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:10000]
         test_images, test_labels = load_mnist(train=False, data_root=data_root)
@@ -226,7 +225,6 @@ def reference_scores(scorer, data_root=None, seed=0):
 
 def accuracy_on_test_set(model, data_root=None):
     """Fraction of the 10,000 test images the model classifies correctly."""
-    from mnistgen.data import load_mnist
     images, labels = load_mnist(train=False, data_root=data_root)
     probs, _ = predict(model, images)
     return (probs.argmax(1) == labels).float().mean().item()
@@ -236,7 +234,6 @@ def figures(model, device, data_root=None):
     """The main job's numbers of a classifier: its test accuracy, and the scores (FID, per-class FID, ...)
     of the two references in its feature space: 10,000 real training images (the floor) and the
     collapsed set."""
-    from mnistgen.data import load_mnist
     scorer = Scorer(model.to(device).eval(), *load_mnist(train=False, data_root=data_root))
     refs = reference_scores(scorer, data_root)
     return dict(test_accuracy=accuracy_on_test_set(scorer.model, data_root), real=refs["real"],

@@ -5,6 +5,7 @@ Used by the EBM and RealNVP (their sample.py, `figures`); written for any model 
 """
 import torch
 
+from classifier.model import frechet_distance, gaussian_stats, get_scorer, predict
 from mnistgen.data import load_mnist
 from mnistgen.utils import UserError
 
@@ -13,7 +14,6 @@ def sample_quality(images, device, data_root=None):
     """dict(confidence: mean max-softmax probability, counts: predicted-class counts (10 ints), fid: Frechet
     distance to the 10,000 test images in the classifier's features) of images (N, 1, 28, 28) in [0, 1].
     Raises a one-line UserError when the classifier is not shipped yet."""
-    from classifier.model import frechet_distance, gaussian_stats, get_scorer, predict
     scorer = get_scorer(device, data_root)
     probs, feats = predict(scorer.model, images)
     return dict(confidence=probs.max(1).values.mean().item(),
