@@ -95,7 +95,7 @@ REALNVP = Section("RealNVP", "realnvp.pt", realnvp.load, realnvp.figures, [
        lambda f, s=split: f"{f['recorded'][s]['mse']:.4f}, NN baseline {f['recorded'][s]['nn_mse']:.4f}",
        REALNVP_MSE_TARGET, lambda f, s=split: s in f.get("recorded", {}))
       for split in ("train", "test")],
-    (lambda f: f"RealNVP samples (1,000, temperature 1.0): classifier confidence",
+    (lambda f: "RealNVP samples (1,000, temperature 1.0): classifier confidence",
      lambda f: f"{f['samples']['confidence']:.3f}", "", scored),
     ("RealNVP samples: FID to the test set (classifier features)", lambda f: f"{f['samples']['fid']:.2f}",
      "<= 5.0 (aim 3.0)", scored),
