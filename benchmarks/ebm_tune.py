@@ -1,9 +1,10 @@
 """Choose the EBM's inpainting settings: a coordinate search on held-out TRAINING images (never the test set).
 
 Starting from the checkpoint's settings (or --inpaint_* values), each setting in turn takes every value of its
-grid while the others stay fixed; the best value is kept. Prints the best settings as ebm/export.py flags:
-    python ebm/tune.py --load_dir runs/ebm/best.pt
-    python ebm/export.py --load_dir runs/ebm/best.pt --out runs/ebm/tuned.pt --inpaint_steps ... (the printed flags)
+grid while the others stay fixed; the best value is kept. Prints the best settings as benchmarks/ebm_export.py
+flags:
+    python benchmarks/ebm_tune.py --load_dir runs/ebm/best.pt
+    python benchmarks/ebm_export.py --load_dir runs/ebm/best.pt --out runs/ebm/tuned.pt --inpaint_steps ...
 """
 import argparse
 import math
@@ -14,9 +15,11 @@ from pathlib import Path
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ebm_export import add_inpaint_args, inpaint_overrides
 from ebm.ebm import DEFAULT_PATH, load
-from ebm.protocol import VAL_IMAGES, add_inpaint_args, evaluate_inpainting, held_out_images, inpaint_overrides
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, take_first
+from ebm.protocol import VAL_IMAGES, evaluate_inpainting
+from mnistgen.data import load_mnist
+from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, take_first
 
 # values tried, one setting at a time
 GRID = dict(steps=[10, 14, 18, 22, 30], step_size=[5.0, 10.0, 15.0, 20.0], noise_std=[0.0, 0.005, 0.01, 0.02],
@@ -27,7 +30,7 @@ GRID = dict(steps=[10, 14, 18, 22, 30], step_size=[5.0, 10.0, 15.0, 20.0], noise
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load_dir", default=str(DEFAULT_PATH.relative_to(REPO_ROOT)),
+    p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
     p.add_argument("--num_images", type=positive_int, default=500,
                    help=f"held-out training images scored (of the last {VAL_IMAGES}; default: 500)")
@@ -35,6 +38,11 @@ def build_parser():
                    help=f"settings to search, in this order, comma-separated (default: {','.join(GRID)})")
     add_inpaint_args(p)
     return add_common_args(p)
+
+
+def held_out_images(data_root=None):
+    """The last VAL_IMAGES training images, never trained on (the test set is for --play only)."""
+    return load_mnist(train=True, data_root=data_root)[0][-VAL_IMAGES:]
 
 
 def coordinate_search(trainer, images, grid, log=print):

@@ -33,10 +33,10 @@ INPAINT_KEYS = ("steps", "step_size", "noise_std", "chains", "grad_clip", "fidel
 @dataclasses.dataclass
 class EBMConfig:
     """Everything that rebuilds a Trainer, stored in every checkpoint. The defaults are the settings that
-    trained the shipped model (ebm/README.md); the CLI reads them, the loader rebuilds from the stored dict.
+    trained the shipped model; the CLI reads them, the loader rebuilds from the stored dict.
 
     The inpaint_* fields are the Langevin settings of `Trainer.inpainting` (chosen on held-out training
-    images with ebm/tune.py); ebm/export.py writes a checkpoint with other values."""
+    images with benchmarks/ebm_tune.py); benchmarks/ebm_export.py writes a checkpoint with other values."""
     input_shape: Tuple[int, ...] = (1, 28, 28)
     hidden_size: int = 512            # fixed by the starter
     buffer_size: int = 10000
@@ -107,6 +107,7 @@ def row_corruption(images, noise_std=0.3, generator=None):
     return torch.where(mask, images + noise_std * noise, images).clamp(0, 1), mask
 
 
+# homework: the starter's fixed MLP energy network
 class MlpBackbone(nn.Module):
     """f(x): flatten -> Linear(784, h) -> act -> Linear(h, h) -> act -> Linear(h, h) -> act -> Linear(h, 1)."""
 
@@ -136,7 +137,7 @@ class Trainer:
     replay_p: probability that a negative chain restarts from the replay buffer instead of U(0, 1) noise.
     l2_coef: alpha of the regulariser alpha * (E(x+)^2 + E(x-)^2) that keeps energies near 0.
     proj_norm: radius of the L-infinity ball the Langevin gradient is projected onto, i.e. each
-      pixel's gradient is clipped to [-proj_norm, proj_norm] (IGEBM uses 0.01); None: no clipping.
+      pixel's gradient is clipped to [-proj_norm, proj_norm] (as in IGEBM); None: no clipping.
     inpaint_neg_p: fraction of each batch's negatives that start from corrupted copies of the positives
       and run Langevin on the corrupted rows only (task-aware CD; 0 = plain IGEBM).
     inpaint: settings of `inpainting` ({steps, step_size, ...}: EBMConfig's inpaint_* fields).
@@ -197,10 +198,12 @@ class Trainer:
                 p.requires_grad_(r)
         return x
 
+    # homework: Langevin dynamics of the negatives
     def langevin_dynamic(self, x: torch.Tensor):
         """`langevin_k` Langevin steps from x (B, 1, 28, 28) that descend E = -f; returns detached samples."""
         return self._langevin(x, self.langevin_k, self.langevin_lr, self.langevin_noise_std)
 
+    # homework: where the negative chains start (noise or replay buffer)
     def init_negative(self, batch_size):
         """Start of the negative chains: each is U(0, 1) noise with probability 1 - replay_p, else a
         random replay-buffer sample (all noise while the buffer is empty)."""
@@ -230,6 +233,7 @@ class Trainer:
         loss = e_pos.mean() - e_neg.mean() + self.l2_coef * (e_pos.pow(2) + e_neg.pow(2)).mean()
         return loss, e_pos, e_neg
 
+    # homework: one contrastive-divergence step with the L2 energy term
     def train_step(self, batch_x: torch.Tensor):
         """One CD update; returns a dict of floats (loss, e_pos, e_neg, grad_norm).
 
@@ -267,6 +271,7 @@ class Trainer:
         return all(torch.isfinite(p).all() for p in self.model.parameters())
 
     # ---- inpainting -----------------------------------------------------------------------
+    # homework: inpainting of the corrupted pixels
     @torch.no_grad()
     def inpainting(self, corrupted: torch.Tensor, mask, generator=None, **overrides):
         """Recover corrupted pixels by Langevin sampling from the model restricted to them.
@@ -311,6 +316,7 @@ class Trainer:
                          inpaint_neg_p=self.inpaint_neg_p,
                          **{f"inpaint_{key}": value for key, value in self.inpaint_config.items()})
 
+    # homework: save and load
     def save(self, save_path):
         """The shipped form, atomically: config and fp32 weights (the resumable training state, with
         optimizer and replay buffer, is the run folder's last.pt). Refuses non-finite weights."""

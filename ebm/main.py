@@ -2,8 +2,7 @@
 
 Training:   python ebm/main.py                          (the shipped model's settings; --resume continues)
 Inpainting: python ebm/main.py --play --load_dir models/ebm.pt
-Elsewhere:  ebm/tune.py (inpainting settings), ebm/export.py (a checkpoint with other settings),
-            ebm/sample.py (samples from noise and the classifier's view of them)
+Samples:    python ebm/sample.py                        (unconditional samples and the classifier's view of them)
 """
 import argparse
 import dataclasses
@@ -19,24 +18,25 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm.ebm import DEFAULT_PATH, KIND, EBMConfig, build, load
-from ebm.protocol import VAL_IMAGES, evaluate_inpainting
+from ebm.protocol import VAL_IMAGES, evaluate_inpainting, shown
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write, ensure_writable
 from mnistgen.training import StopEarly, Task, add_run_args, fit, run_options
-from mnistgen.utils import (REPO_ROOT, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
-                            positive_float, positive_int, probability, run_cli, save_image_grid, seed_everything,
-                            take_first)
+from mnistgen.utils import (REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, pick_device,
+                            plot_curves, positive_float, positive_int, probability, run_cli, save_image_grid,
+                            seed_everything, take_first)
 
 EVAL_EVERY = 500   # steps between checks of the held-out inpainting MSE (the best check is shipped)
 VAL_CHECK = 500    # held-out images of each check (of the VAL_IMAGES never trained on)
 # Sampler collapse: the negatives stop looking like data (the buffer fills with noise) and the energy gap
-# E(x-) - E(x+), a few 1e-3 while sampling works, climbs to 0.1-0.3 within a few hundred steps and never comes
-# back. The gap is averaged over GAP_WINDOW steps; above COLLAPSE_GAP the run rolls back at half the learning
-# rate, and the state is only checkpointed while the average is below half of it.
+# E(x-) - E(x+), small while sampling works, jumps by orders of magnitude within a few hundred steps and never
+# comes back. The gap is averaged over GAP_WINDOW steps; above COLLAPSE_GAP the run rolls back at half the
+# learning rate, and the state is only checkpointed while the average is below half of it.
 GAP_WINDOW = 100
 COLLAPSE_GAP = 0.03
 ENERGY_PANELS = {"energy": ["e_pos", "e_neg"], "loss": ["loss"], "grad norm": ["grad_norm"]}
 VAL_PANELS = {"held-out inpainting MSE": ["val_mse"]}
+PLAY_FIGURE = REPO_ROOT / "ebm_inpainting.png"  # --play's picture (git-ignored), wherever the command runs
 
 
 def optional_float(text):
@@ -49,7 +49,7 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=42, help="seed of training and of the --play noise (default: 42)")
     p.add_argument("--play", action="store_true", help="evaluate the inpainting of --load_dir instead of training")
-    p.add_argument("--load_dir", default=str(DEFAULT_PATH.relative_to(REPO_ROOT)),
+    p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="--play: checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
                         "(default: models/ebm.pt)")
     p.add_argument("--batch_size", type=positive_int, default=128, help="training batch size (default: 128)")
@@ -77,9 +77,9 @@ def build_parser():
     add_run_args(p, logdir="runs/ebm", save_path="models/ebm.pt", epochs=40)
     p.add_argument("--num_images", type=positive_int, default=None,
                    help="--play: the first N test images only (default: all 10,000)")
-    p.add_argument("--figure", default="ebm_inpainting.png",
-                   help="--play: PNG of originals / corrupted / recovered (default: ebm_inpainting.png in the "
-                        "current folder)")
+    p.add_argument("--figure", default=str(PLAY_FIGURE),
+                   help="--play: PNG of originals / corrupted / recovered (default: ebm_inpainting.png at the "
+                        "repository root)")
     return add_common_args(p)
 
 
@@ -88,6 +88,7 @@ def mse_line(mse):
             f"max {mse.max().item():.6f} min {mse.min().item():.6f}")
 
 
+# homework: the --play protocol (inpainting of the corrupted test images, MSE statistics)
 def play(args, device):
     """The assignment's protocol on the test set; the inpainting settings are the checkpoint's."""
     figure = ensure_writable(args.figure, "--figure")
@@ -101,7 +102,8 @@ def play(args, device):
     print(mse_line(res["mse_interpolation"]) + "  (row interpolation baseline)")
     print(f"inpainting time {time.time() - start:.1f}s")
     n = min(10, len(images))
-    print(f"figure: {save_image_grid(torch.cat([images[:n], res['corrupted'][:n], res['recovered'][:n]]), figure, nrow=n)}")
+    grid = torch.cat([images[:n], res["corrupted"][:n], res["recovered"][:n]])
+    print(f"figure: {shown(save_image_grid(grid, figure, nrow=n))}")
     return res
 
 
@@ -170,7 +172,6 @@ class EBMTask(Task):
         self.gaps.clear()  # after a rollback or a resume the window starts afresh
 
     def write_figures(self, shipped_path, run_dir, figures_dir):
-        from mnistgen.utils import CsvLog
         rows = CsvLog(Path(run_dir) / "log.csv").rows()
         for name, panels in [("ebm_curves.png", ENERGY_PANELS), ("ebm_val.png", VAL_PANELS)]:
             plotted = plot_curves(rows, "step", panels, Path(run_dir) / name, title="EBM training")

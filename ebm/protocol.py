@@ -1,26 +1,26 @@
-"""The EBM's evaluation protocol, shared by ebm/main.py (--play), ebm/tune.py, ebm/sample.py, training's
-validation and `figures` (the main job's numbers).
+"""The EBM's evaluation protocol, shared by ebm/main.py (--play and training's validation), ebm/sample.py,
+benchmarks/ebm_tune.py and `figures` (the main job's numbers).
 
 Inpainting (the assignment's): rows 0, 2, ..., 26 of every image get N(0, 0.3^2) noise, clipped to [0, 1];
 the EBM recovers them with `Trainer.inpainting`; the score is the per-image MSE over the 784 pixels.
 The baseline replaces each corrupted row by the mean of its clean neighbours.
 """
-import argparse
-import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ebm.ebm import INPAINT_KEYS, EBMConfig, MlpBackbone, row_corruption, trainer_for
+from classifier.unconditional import sample_quality, sample_references
+from ebm.ebm import EBMConfig, MlpBackbone, row_corruption, trainer_for
 from mnistgen.data import load_mnist
-from mnistgen.utils import UserError, nonnegative_float, positive_float, positive_int, probability
+from mnistgen.utils import UserError
 
 NOISE_STD = 0.3       # corruption of the even rows (assignment protocol)
 VAL_IMAGES = 2000     # the last 2,000 training images are held out: validation and tuning, never trained on
 # Unconditional samples: chains from a Gaussian mixture fitted to the training images (`StartMixture`), 300
-# steps of 30 (chosen on held-out training images: the chains hardly move after ~300 steps; a larger step reaches
-# the same place sooner; ebm/README.md).
+# steps of 30 (chosen on held-out training images: the chains hardly move after 300 steps; a larger step reaches
+# the same place sooner).
 SAMPLE_STEPS = 300
 SAMPLE_STEP_SIZE = 30.0
 START_CLUSTERS = 10       # k-means clusters of the start mixture (no labels)
@@ -63,16 +63,11 @@ def evaluate_inpainting(trainer, images, seed=42, batch_size=1000, progress=Fals
                 mse_interpolation=per_image_mse(images, row_interpolation(corrupted, mask)))
 
 
-def held_out_images(data_root=None):
-    """The last VAL_IMAGES training images: what validation and tuning see (the test set is for --play only)."""
-    return load_mnist(train=True, data_root=data_root)[0][-VAL_IMAGES:]
-
-
 # ---------------------------------------------------------------------------------------------- samples
 def smoothed_noise(n, generator, shape=(1, 28, 28)):
     """Noise that unconditional chains start from: U(0, 1) pixels blurred by a 3x3 box filter and stretched
-    back to [0, 1] per image. Still pure noise, but with strokes-sized blobs instead of single-pixel speckle,
-    so the chains settle into digits (held-out FID 7.65 vs 9.18 from plain U(0, 1); ebm/README.md)."""
+    back to [0, 1] per image. Still pure noise, but with stroke-sized blobs instead of single-pixel speckle,
+    so the chains settle into digits more often than from plain U(0, 1)."""
     u = torch.rand((n, *shape), generator=generator)
     blurred = F.avg_pool2d(u, 3, stride=1, padding=1, count_include_pad=False)
     lo, hi = blurred.amin((-2, -1), keepdim=True), blurred.amax((-2, -1), keepdim=True)
@@ -83,8 +78,8 @@ class StartMixture:
     """Where unconditional chains start: a mixture of Gaussians fitted to the EBM's training images (all but the
     held-out ones) without labels. k-means (`clusters`, seeded) splits the images; each cluster gets a Gaussian
     with its mean and its top `components` principal directions; a draw picks a cluster in proportion to its size,
-    adds Gaussian noise along those directions and clips to [0, 1]. The draws are blurry digit-like blobs
-    (FID 17 in the classifier's features, real digits 0.26): the chains turn them into digits (ebm/README.md)."""
+    adds Gaussian noise along those directions and clips to [0, 1]. The draws are blurry digit-like blobs; the
+    chains turn them into digits."""
 
     def __init__(self, images, clusters=START_CLUSTERS, components=START_COMPONENTS, seed=0, iterations=20):
         x = images.reshape(len(images), -1).double()
@@ -114,7 +109,7 @@ _START_MIXTURES = {}
 
 
 def start_mixture(data_root=None):
-    """The StartMixture of the training images the EBM trained on (fitted once per process, about 10 s)."""
+    """The StartMixture of the training images the EBM trained on (fitted once per process)."""
     key = str(data_root)
     if key not in _START_MIXTURES:
         _START_MIXTURES[key] = StartMixture(load_mnist(train=True, data_root=data_root)[0][:-VAL_IMAGES])
@@ -142,7 +137,6 @@ def figures(trainer, device, data_root=None):
     samples / start / real / noise: its dict(confidence, counts, fid) for NUM_SAMPLES samples of SAMPLE_STEPS Langevin
     steps, as many draws of the chains' start (`StartMixture`), real training digits and U(0, 1) noise images;
     otherwise `samples_unavailable` says why."""
-    from classifier.unconditional import sample_quality, sample_references
     if isinstance(trainer, MlpBackbone):
         trainer = trainer_for(trainer, EBMConfig(), device)
     test_images = load_mnist(train=False, data_root=data_root)[0]
@@ -161,39 +155,10 @@ def figures(trainer, device, data_root=None):
     return numbers
 
 
-# ---------------------------------------------------------------------------------------------- outputs, flags
-def clip_float(text):
-    """A float > 0, or 'none' (= inf: no clipping)."""
-    return math.inf if text.lower() == "none" else positive_float(text)
-
-
-def int_tuple(text):
-    """Comma-separated integers, e.g. '0,1,-1'."""
+# ---------------------------------------------------------------------------------------------- outputs
+def shown(path):
+    """An output path as the scripts print it: relative to the working folder when inside it, else absolute."""
     try:
-        values = tuple(int(v) for v in text.split(","))
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text}") from None
-    if len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"expected distinct integers, got {text}")
-    return values
-
-
-def add_inpaint_args(parser):
-    """--inpaint_steps, ... (ebm/tune.py, ebm/export.py): override the checkpoint's inpainting settings."""
-    kinds = dict(steps=positive_int, step_size=nonnegative_float, noise_std=nonnegative_float, chains=positive_int,
-                 grad_clip=clip_float, fidelity=nonnegative_float, start_mix=probability, start_mix_clipped=probability,
-                 shifts=int_tuple)
-    texts = dict(steps="Langevin steps", step_size="step size", noise_std="noise std", chains="chains averaged",
-                 grad_clip="pixel-gradient clip ('none' = off)", fidelity="pull towards the observed pixels per step",
-                 start_mix="weight of the observation (vs row interpolation) where the chains start",
-                 start_mix_clipped="the same where the observation is exactly 0 or 1",
-                 shifts="horizontal shifts averaged, comma-separated, e.g. 0,1,-1")
-    for key in INPAINT_KEYS:
-        parser.add_argument(f"--inpaint_{key}", type=kinds[key], default=None,
-                            help=f"inpainting {texts[key]} (default: the checkpoint's)")
-    return parser
-
-
-def inpaint_overrides(args):
-    """The --inpaint_* flags that were given, as {steps: .., ...}."""
-    return {key: getattr(args, f"inpaint_{key}") for key in INPAINT_KEYS if getattr(args, f"inpaint_{key}") is not None}
+        return str(Path(path).resolve())

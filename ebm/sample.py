@@ -16,15 +16,18 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import print_sample_scores, sample_references
 from ebm.ebm import DEFAULT_PATH, load
-from ebm.protocol import SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, smoothed_noise, start_mixture
+from ebm.protocol import (SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, shown, smoothed_noise,
+                          start_mixture)
 from mnistgen.files import ensure_writable
 from mnistgen.utils import (REPO_ROOT, add_common_args, pick_device, positive_float, positive_int, run_cli,
                             save_image_grid)
 
+FIGURE = REPO_ROOT / "ebm_samples.png"  # the grid's default place (git-ignored), wherever the command runs
+
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--load_dir", default=str(DEFAULT_PATH.relative_to(REPO_ROOT)),
+    p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
     p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
     p.add_argument("--sample_steps", type=positive_int, default=SAMPLE_STEPS,
@@ -37,8 +40,8 @@ def build_parser():
     p.add_argument("--start_figure", default=None,
                    help="also write a PNG grid of 100 draws of the chains' start (default: none)")
     p.add_argument("--seed", type=int, default=42, help="seed of the chains and of the references (default: 42)")
-    p.add_argument("--figure", default="ebm_samples.png",
-                   help="PNG grid of the first 100 samples (default: ebm_samples.png in the current folder)")
+    p.add_argument("--figure", default=str(FIGURE),
+                   help="PNG grid of the first 100 samples (default: ebm_samples.png at the repository root)")
     return add_common_args(p)
 
 
@@ -54,12 +57,12 @@ def main(argv=None):
                         args.data_root)
     print(f"{len(imgs)} samples, {args.sample_steps} Langevin steps of {args.step_size:g} from "
           f"{'the fitted mixture' if args.start == 'mixture' else 'smoothed noise'}, {time.time() - start:.1f}s")
-    print(f"figure: {save_image_grid(imgs[:100], figure, nrow=10)}")
+    print(f"figure: {shown(save_image_grid(imgs[:100], figure, nrow=10))}")
     gen = torch.Generator().manual_seed(args.seed)
     starts = (start_mixture(args.data_root).sample(len(imgs), gen) if args.start == "mixture"
               else smoothed_noise(len(imgs), gen))
     if start_figure:
-        print(f"chain starts: {save_image_grid(starts[:100], start_figure, nrow=10)}")
+        print(f"chain starts: {shown(save_image_grid(starts[:100], start_figure, nrow=10))}")
     print_sample_scores({"EBM samples": imgs, "the chains' start alone": starts,
                          **sample_references(len(imgs), args.data_root, args.seed)}, device, args.data_root)
     return imgs

@@ -1,17 +1,23 @@
 """Energy-based model: CD loss and sign, replay buffer, divergence and collapse guards, inpainting invariants,
-the model contract (EBMConfig, build, load), the scripts, and the issue-12 bad inputs."""
+the model contract (EBMConfig, build, load), the scripts and their tools (benchmarks/ebm_*.py), bad inputs."""
 import dataclasses
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-import ebm.export as ebm_export
+import benchmarks.ebm_export as ebm_export
+import benchmarks.ebm_tune as ebm_tune
 import ebm.main as ebm_main
+import ebm.protocol as protocol
 import ebm.sample as ebm_sample
-import ebm.tune as ebm_tune
+from classifier.unconditional import sample_quality
 from conftest import assert_one_line_error, run_script
 from ebm import INPAINT_KEYS, EBMConfig, MlpBackbone, Trainer, TrainingDiverged, build, load
+from ebm.ebm import chain_start, vertical_interpolation
 from ebm.protocol import StartMixture, corrupt, draw_samples, evaluate_inpainting, row_interpolation, start_mixture
 from mnistgen.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mnistgen.data import load_mnist
@@ -112,7 +118,9 @@ def test_cli_defaults_are_the_config_defaults():
     shared = [f.name for f in dataclasses.fields(EBMConfig) if hasattr(args, f.name)]
     assert len(shared) == 9
     assert ebm_main.config_from_args(args) == EBMConfig()
-    assert args.load_dir == "models/ebm.pt" and args.figure == "ebm_inpainting.png"
+    # anchored to the repository, not to the folder the command runs in
+    assert args.load_dir == str(SHIPPED) and args.figure == str(REPO_ROOT / "ebm_inpainting.png")
+    assert ebm_sample.build_parser().parse_args([]).figure == str(REPO_ROOT / "ebm_samples.png")
 
 
 def test_build_save_load_round_trip(tmp_path):
@@ -237,7 +245,6 @@ def test_shifted_chains_keep_unmasked_pixels_and_undo_their_shift(digits):
 
 
 def test_chain_start_mixes_observation_and_interpolation():
-    from ebm.ebm import chain_start, vertical_interpolation
     observed = torch.tensor([0.2, 0.6, 0.0, 0.4, 1.0, 0.8]).view(1, 1, 6, 1)
     mask = torch.tensor([True, False, True, False, True, False]).view(1, 1, 6, 1)
     interp = vertical_interpolation(observed, mask).flatten().tolist()
@@ -294,16 +301,33 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-def test_play_prints_the_protocol_and_writes_its_figure_here(tmp_path, monkeypatch, capsys, small_checkpoint):
-    monkeypatch.chdir(tmp_path)
+def test_play_prints_the_protocol_and_writes_its_figure_at_its_default(tmp_path, monkeypatch, capsys,
+                                                                       small_checkpoint):
+    figure = tmp_path / "repo" / "ebm_inpainting.png"  # stands for the repository's ebm_inpainting.png
+    figure.parent.mkdir()
+    monkeypatch.setattr(ebm_main, "PLAY_FIGURE", figure)
+    monkeypatch.chdir(figure.parent)
     res = ebm_main.main(["--play", "--load_dir", str(small_checkpoint), "--num_images", "20", "--device", "cpu"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("inpainting 20 test images: steps=2, step_size=15.0, noise_std=0.0, chains=1, grad_clip=0.01, "
                         "fidelity=0.0, start_mix=0.5, start_mix_clipped=0.7, shifts=(0, 1, -1, 2, -2)")
     assert [line.split("  ")[-1] for line in lines[1:4]] == ["(recovered by the EBM)", "(corrupted input)",
                                                              "(row interpolation baseline)"]
-    assert lines[-1] == "figure: ebm_inpainting.png" and (tmp_path / "ebm_inpainting.png").is_file()
+    assert lines[-1] == "figure: ebm_inpainting.png" and figure.is_file()
     assert len(res["mse"]) == 20
+    monkeypatch.chdir(tmp_path)  # from another folder: the same file, its path as the user can open it
+    ebm_main.main(["--play", "--load_dir", str(small_checkpoint), "--num_images", "2", "--device", "cpu"])
+    assert capsys.readouterr().out.splitlines()[-1] == "figure: repo/ebm_inpainting.png"
+
+
+def test_play_from_inside_the_ebm_folder_finds_the_shipped_model(tmp_path):
+    """`cd ebm && python main.py --play`: every default path is anchored to the repository."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "main.py", "--play", "--num_images", "2", "--figure",
+                           str(tmp_path / "f.png"), "--device", "cpu"], cwd=REPO_ROOT / "ebm", env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
+    assert done.stdout.splitlines()[-1] == f"figure: {(tmp_path / 'f.png').resolve()}"
 
 
 def test_export_then_tune(tmp_path, capsys, small_checkpoint):
@@ -337,7 +361,7 @@ def test_scripts_have_their_own_help(module, capsys):
     assert flags and all(f"--{a.dest}" in help_text for a in module.build_parser()._actions if a.dest != "help")
 
 
-# ---------------------------------------------------------------- issue 12: bad inputs
+# ---------------------------------------------------------------- bad inputs
 def shipped_like(tmp_path, change):
     """A copy of a valid checkpoint (the architecture of models/ebm.pt, random weights) with one fault."""
     ckpt = dict(kind="ebm", config=dataclasses.asdict(EBMConfig()), format=1,
@@ -352,7 +376,7 @@ def nan_weights(ckpt):
     ckpt["model"] = {k: v * float("nan") for k, v in ckpt["model"].items()}
 
 
-BAD_CHECKPOINTS = {  # the issue-12 rows, through the real command line
+BAD_CHECKPOINTS = {  # through the real command line
     "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
     "wrong type": (lambda c: c["config"].update(hidden_size="big"), "hidden_size='big' is not a int"),
     "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
@@ -431,15 +455,16 @@ def test_a_short_run_touches_neither_models_nor_figures(tmp_path):
 
 # ---------------------------------------------------------------- shipped model
 @pytest.mark.slow
-def test_shipped_play_prints_the_recorded_figures(tmp_path):
+def test_shipped_play_prints_the_recorded_figures(tmp_path, monkeypatch):
     """The graders' command on the full test set, digit for digit as recorded in ebm/README.md."""
+    monkeypatch.setattr(ebm_main, "PLAY_FIGURE", tmp_path / "ebm_inpainting.png")  # not the repository's
     done = run_script(["ebm/main.py", "--play", "--load_dir", str(SHIPPED), "--device", "cpu"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-1000:]
     lines = done.stdout.splitlines()
     assert lines[:4] == [
         "inpainting 10000 test images: steps=14, step_size=15.0, noise_std=0.0, chains=1, grad_clip=0.01, "
         "fidelity=0.0, start_mix=0.5, start_mix_clipped=0.7, shifts=(0, 1, -1, 2, -2)",
-        "mean mse 0.002377 std 0.001043 max 0.008346 min 0.000244  (recovered by the EBM)",  # issue 13: <= 0.0030
+        "mean mse 0.002377 std 0.001043 max 0.008346 min 0.000244  (recovered by the EBM)",
         "mean mse 0.023308 std 0.002532 max 0.034057 min 0.015054  (corrupted input)",
         "mean mse 0.006863 std 0.003032 max 0.021611 min 0.000326  (row interpolation baseline)"]
     assert lines[-1] == "figure: ebm_inpainting.png" and (tmp_path / "ebm_inpainting.png").is_file()
@@ -447,7 +472,6 @@ def test_shipped_play_prints_the_recorded_figures(tmp_path):
 
 @pytest.mark.slow  # the full test set and the classifier's statistics
 def test_figures_are_numbers_of_the_protocol(monkeypatch):
-    import ebm.protocol as protocol
     monkeypatch.setattr(protocol, "NUM_SAMPLES", 20)
     monkeypatch.setattr(protocol, "SAMPLE_STEPS", 2)
     trainer = build(EBMConfig(inpaint_steps=1))
@@ -468,11 +492,10 @@ def test_shipped_checkpoint_is_the_shipped_form():
     assert payload["config"] == dataclasses.asdict(EBMConfig())  # the bare command trains exactly this model
 
 
-@pytest.mark.slow  # 1,000 chains of 300 steps: about 30 s
+@pytest.mark.slow  # 1,000 chains of 300 steps
 def test_shipped_model_samples_digits_of_every_class():
-    """Issue 13's sample targets on the main job's samples: FID <= 5.0 to the test set in the classifier's
+    """The sample targets on the main job's samples: FID <= 5.0 to the test set in the classifier's
     features, every digit at least 3% of the 1,000; and the chains do the work: their start alone is far worse."""
-    from classifier.unconditional import sample_quality
     samples = draw_samples(load(SHIPPED), 1000)
     starts = start_mixture().sample(1000, torch.Generator().manual_seed(0))
     quality, start_quality = sample_quality(samples, "cpu"), sample_quality(starts, "cpu")
