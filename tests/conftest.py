@@ -31,7 +31,7 @@ def run_script(args, cwd=None, timeout=300, isolated=False):
     would, and return a CompletedProcess (exit code, stdout, stderr as text).
 
     By default in this process: the script's `main(argv)` with stdout/stderr captured, in `cwd`, exit code
-    from SystemExit, so a bad-input case costs milliseconds instead of a torch import; an exception that
+    from SystemExit, so a bad-input case needs no new interpreter importing torch; an exception that
     escapes `main` (a traceback on the command line) fails the test as it is. isolated=True runs a real
     subprocess with one thread instead."""
     if isolated:

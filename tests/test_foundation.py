@@ -259,7 +259,7 @@ ENTRY_SCRIPTS = ["ebm/main.py", "realnvp/train.py", "realnvp/inpainting.py", "re
                  "report/__main__.py"]
 
 
-@pytest.mark.slow  # fourteen interpreters starting torch: half a minute
+@pytest.mark.slow  # an interpreter importing torch per script
 def test_entry_scripts_run_without_the_editable_install():
     """`python ebm/main.py ...` from a plain clone: `-S` skips site-packages' .pth files (the editable
     install), PYTHONPATH still provides torch and friends; every script must import and print --help."""

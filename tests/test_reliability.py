@@ -1,4 +1,4 @@
-"""Issue 12's shared defects: checkpoint messages, config checks, atomic files, the report going on past a
+"""The shared layer's failure paths: checkpoint messages, config checks, atomic files, the report going on past a
 broken model. Per-model bad-input tables live in each model's test file."""
 import dataclasses
 from typing import Optional, Tuple
@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_script
+from conftest import run_script
 from mnistgen.checkpoint import CheckpointError, check_finite, config_from_dict, load_checkpoint, load_state, save_checkpoint
 from mnistgen.files import atomic_torch_save, ensure_writable, remove_stale_tmp
 from mnistgen.utils import UserError, positive_float, take_first
