@@ -1,12 +1,12 @@
-"""Figures of a RealNVP checkpoint for the main job: `python realnvp/evaluate.py` prints them.
+"""Figures of a RealNVP checkpoint for the main job: `python realnvp/evaluate.py [--load_path P]` prints them.
 
 `figures(model, device, data_root=None)` evaluates a loaded flow live: test bits/dim over the 10,000
-test images, and the inpainting protocol (1000 steps, bottom half masked) on the first LIVE_IMAGES
-test images with the nearest-neighbour baseline on the same images. The full protocol runs (100
-training images, 1,000 test images) take minutes; their figures, written by
-`realnvp/inpainting.py --json figures/realnvp_inpainting_*.json`, are read back by `recorded()` and
-included. Numbers only: the report layer (report/table.py) decides how to show them and what they
-are compared with.
+test images, the inpainting protocol (1000 steps, bottom half masked) on the first LIVE_IMAGES
+test images with the nearest-neighbour baseline on the same images, and NUM_SAMPLES samples scored by
+the classifier. The full protocol runs (100 training images, 1,000 test images) take minutes; their
+figures, written by `realnvp/inpainting.py --json figures/<checkpoint name>_inpainting_<split>.json`,
+are read back by `recorded()` and included. Numbers only: the report layer (report/table.py) decides
+how to show them and what they are compared with.
 """
 import argparse
 import json
@@ -20,15 +20,20 @@ import torch
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from classifier.unconditional import sample_quality
 from mnistgen.data import load_mnist
 from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, take_first
-from realnvp.realnvp import (DEFAULT_PATH, draw_samples, evaluate_bpd, inpaint_mse, load, masked_inputs,
-                             nearest_neighbour, run_inpainting)
+from realnvp.realnvp import (DEFAULT_PATH, MULTISCALE_PATH, draw_samples, evaluate_bpd, inpaint_mse, is_split, load,
+                             masked_inputs, nearest_neighbour, run_inpainting)
 
 LIVE_IMAGES = 20
 NUM_SAMPLES = 1000    # samples (temperature 1.0, seed 0) scored by the classifier, as `realnvp/sample.py` does
-RECORDED = {"train": REPO_ROOT / "figures" / "realnvp_inpainting_train.json",
-            "test": REPO_ROOT / "figures" / "realnvp_inpainting_test.json"}
+
+
+def recorded_paths(name):
+    """{split: figures/NAME_inpainting_SPLIT.json}: where inpainting.py --json recorded the protocol runs of the
+    shipped checkpoint models/NAME.pt."""
+    return {split: REPO_ROOT / "figures" / f"{name}_inpainting_{split}.json" for split in ("train", "test")}
 
 
 def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
@@ -36,7 +41,6 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     the protocol (seed 0) on the first N test images, 'nn_mse': the nearest-neighbour baseline's on the same
     images, 'recorded': `recorded()`, 'samples': the classifier's dict(confidence, counts, fid) of NUM_SAMPLES
     samples at temperature 1.0 (or 'samples_unavailable': why not)}. About a minute on a 2-core CPU."""
-    from classifier.unconditional import sample_quality
     model = model.to(device).eval()
     test_images = load_mnist(train=False, data_root=data_root)[0]
     images = take_first(test_images, num_images, "test images")
@@ -46,7 +50,8 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
         recovered = run_inpainting(model, corrupted, mask, savedir)
     baseline = nearest_neighbour(raw, load_mnist(train=True, data_root=data_root)[0])
     numbers = dict(test_bpd=bpd, num_images=len(images), inpaint_mse=inpaint_mse(recovered, raw)["masked"],
-                   nn_mse=inpaint_mse(baseline, raw)["masked"], recorded=recorded(), num_samples=NUM_SAMPLES)
+                   nn_mse=inpaint_mse(baseline, raw)["masked"], num_samples=NUM_SAMPLES,
+                   recorded=recorded(recorded_paths(DEFAULT_PATH.stem if is_split(model) else MULTISCALE_PATH.stem)))
     try:
         numbers["samples"] = sample_quality(draw_samples(model, NUM_SAMPLES), device, data_root)
     except UserError as err:  # no classifier yet
@@ -54,7 +59,7 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     return numbers
 
 
-def recorded(paths=RECORDED):
+def recorded(paths):
     """{split: {'num_images', 'mse': masked-half MSE of the recovery, 'nn_mse': the baseline's (when it was
     run)}} of the full protocol runs recorded by `inpainting.py --json` (those whose file exists)."""
     out = {}

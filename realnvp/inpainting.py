@@ -4,14 +4,14 @@ The first --num_images (100) training images, dequantized and rescaled to [0.000
 training; their bottom half (the last 392 pixels) replaced by Bernoulli(0.5) values rescaled to
 [0.0001, 0.9999]; img_sample.png (samples), img_raw.png, img_masked.png and, through the
 skeleton's `model.inpainting` (1000 gradient-ascent steps on log p in logit space), img_001.png,
-img_011.png, ... written into --savedir (inpainting_images/ of the current directory). Then the
+img_011.png, ... written into --savedir (inpainting_images/ at the repository root). Then the
 MSE between recovery and raw images over the masked half and over all pixels, and the same for
 the masked input. --split test runs the same protocol on test images; --baseline also prints the
 nearest-neighbour baseline (the bottom half of the training image whose top half is closest,
-never the image itself). It ends by saying where the pictures are. --estimate (split flows) skips the 1,000 steps
+never the image itself). It ends by saying where the pictures are. --estimate (split flow) skips the 1,000 steps
 and scores the only point they can converge to, the maximum of log p(bottom | top) (`bottom_mode`), in one pass:
-the protocol's figure when its ascent gets there (the shipped flow's does; see realnvp/README.md, Issue 14), and
-the curvature of -log p there (the fixed step of 0.2 is unstable at a maximum whose curvature is above 10).
+the protocol's figure when its ascent gets there, and the curvature of -log p there (the fixed step of 0.2 is
+unstable at a maximum whose curvature is above 10).
 """
 import argparse
 import json
@@ -25,7 +25,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write_text, ensure_writable, ensure_writable_dir
-from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
+from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
 from realnvp import DEFAULT_PATH, inpaint_mse, load, masked_inputs, nearest_neighbour, run_inpainting
 from realnvp.realnvp import is_split, mode_curvature, mode_inpainting
 
@@ -41,9 +41,10 @@ def build_parser():
                    help="take the first images of this split (default: train, as the graders)")
     p.add_argument("--baseline", action="store_true", help="also print the nearest-neighbour baseline")
     p.add_argument("--estimate", action="store_true",
-                   help="split flows: instead of the 1,000 gradient steps, score the maximum of log p(bottom | top) "
+                   help="split flow: instead of the 1,000 gradient steps, score the maximum of log p(bottom | top) "
                         "they can converge to (one pass; seconds for 1,000 images). No pictures")
-    p.add_argument("--savedir", default="inpainting_images", help="picture folder (default: ./inpainting_images)")
+    p.add_argument("--savedir", default=str(REPO_ROOT / "inpainting_images"),
+                   help="picture folder (default: inpainting_images/ at the repository root)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.add_argument("--figure", default=None,
                    help="also write a raw / masked / recovered figure of the first 10 images to this PNG")

@@ -1,21 +1,19 @@
-"""RealNVP (Dinh et al., 2017, https://arxiv.org/abs/1605.08803) for flattened MNIST.
+"""RealNVP (Dinh et al., 2017, https://arxiv.org/abs/1605.08803) for flattened MNIST: two flows built from
+the same layers, each shipped for its own job (`build(RealNVPConfig(arch=...))` builds each).
+
+- "multiscale" (models/realnvp_multiscale.pt, for samples and bits/dim): the paper's architecture
+  (Sec. 3.6). The flat vector keeps an "active prefix" of shape (C, H, W): checkerboard couplings on it,
+  a squeeze (a fixed permutation, (C, H, W) -> (4C, H/2, W/2)), channel couplings, then half of the
+  channels are factored out (they stay in the tail of the vector untouched and go straight to the prior).
+- "split" (models/realnvp.pt, for the graders' bottom-half inpainting): the skeleton's half-mask
+  CouplingLayer makes p(bottom half | top half) a Gaussian in logit space, optional couplings of the
+  bottom half given the top refine it, and a multi-scale flow models the top half (`_split_modules`).
 
 Every module maps a flat batch (B, 784) to (B, 784) and its `forward(inputs, mode)` returns
 `(outputs, logdet)` with logdet of shape (B, 1): 'direct' is x -> z, 'inverse' is z -> x.
-
-Three architectures share these modules (`build(RealNVPConfig(arch=...))` builds each):
-- "mlp": the skeleton's flow: blocks of CouplingLayer (MLP scale/translate nets on alternating
-  even/odd and first/second-half masks), BatchNormFlow, Shuffle.
-- "conv": a small multi-scale RealNVP (paper, Sec. 3.6). The flat vector keeps an "active
-  prefix" of shape (C, H, W): checkerboard couplings on it, a squeeze (a fixed permutation,
-  (C, H, W) -> (4C, H/2, W/2)), channel couplings, then half of the channels are factored out
-  (they stay in the tail of the vector untouched and go straight to the prior).
-- "split" (shipped): the skeleton's half-mask CouplingLayer makes p(bottom half | top half) a
-  Gaussian in logit space, and a "conv" flow models the top half (see `_split_modules`).
-
 Masks, permutations and the prior's parameters are registered buffers, so a model loaded from a
-state_dict samples and inpaints at once. Data: pixels dequantized and rescaled to
-[0.0001, 0.9999] (see `preprocess`); the flow models their logits.
+state_dict samples and inpaints at once. Data: pixels dequantized and rescaled to [0.0001, 0.9999]
+(`preprocess`); the flow models their logits.
 """
 import dataclasses
 import math
@@ -29,12 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 from torch.distributions.normal import Normal
+from tqdm import tqdm
 
 from mnistgen.checkpoint import load_model
 from mnistgen.utils import MODELS_DIR
 
 KIND = "realnvp"
-DEFAULT_PATH = MODELS_DIR / "realnvp.pt"
+DEFAULT_PATH = MODELS_DIR / "realnvp.pt"                        # the graders' flow (inpainting.py)
+MULTISCALE_PATH = MODELS_DIR / "realnvp_multiscale.pt"          # the generator (sample.py)
 CHECKPOINT_NAMES = ("realnvp.pt", "checkpoint_best.pt", "best.pt")   # looked for in a folder given as the path
 NUM_INPUTS = 28 * 28
 LO, HI = 0.0001, 0.9999
@@ -42,42 +42,38 @@ LO, HI = 0.0001, 0.9999
 
 @dataclasses.dataclass
 class RealNVPConfig:
-    """The flow's constructor settings; the defaults are the shipped "split" flow (chosen by measurement,
-    realnvp/README.md). `arch` picks the architecture; each reads only its fields (ARCH_FIELDS)."""
-    arch: str = "split"                   # split, conv or mlp (module docstring)
-    num_hidden: int = 512                 # mlp: hidden units of every coupling; split: of the bottom-half coupling
-    hidden: Tuple[int, ...] = (16, 48)    # conv/split: channels of the coupling nets, one per resolution
-    res_blocks: int = 1                   # conv/split: residual blocks per coupling net
-    checker: Tuple[int, ...] = (2, 3)     # conv/split: checkerboard couplings per resolution
-    channel: Tuple[int, ...] = (2,)       # conv/split: channel couplings after each squeeze
-    num_blocks: int = 8                   # mlp: (coupling, batch norm, shuffle) blocks
+    """The flow's constructor settings; `arch` picks the architecture, each reads only its fields (ARCH_FIELDS).
+    The defaults are those of the first shipped split flow (older checkpoints store only some fields)."""
+    arch: str = "split"                   # split or multiscale (module docstring)
+    hidden: Tuple[int, ...] = (16, 48)    # channels of the coupling nets, one per resolution
+    res_blocks: int = 1                   # residual blocks per coupling net
+    checker: Tuple[int, ...] = (2, 3)     # checkerboard couplings per resolution
+    channel: Tuple[int, ...] = (2,)       # channel couplings after each squeeze
     bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
+    num_hidden: int = 512                 # split: hidden units of the bottom half's Gaussian coupling
     bottom_couplings: int = 0             # split: conv couplings of the bottom half given the top (0: Gaussian)
     bottom_hidden: int = 32               # split: channels of their nets
-    bottom_scale: str = "top"             # split: what their scales read, "top" (log-det constant in the bottom) or "seen"
     bottom_context: int = 14              # split: rows of the top half their nets see
 
     def __post_init__(self):
         if self.arch not in ARCH_FIELDS:
             raise ValueError(f"unknown architecture {self.arch!r} (expected one of {', '.join(ARCH_FIELDS)})")
-        levels = LEVELS.get(self.arch)
-        if levels and (len(self.hidden), len(self.checker), len(self.channel)) != (levels, levels, levels - 1):
+        levels = LEVELS[self.arch]
+        if (len(self.hidden), len(self.checker), len(self.channel)) != (levels, levels, levels - 1):
             raise ValueError(f"arch {self.arch}: hidden and checker take {levels} values (one per resolution), "
                              f"channel {levels - 1}")
 
 
-# The fields each architecture reads, and the resolutions of the multi-scale ones (conv: 28x28, 14x14,
-# 7x7; split: the top half at 14x28, 7x14).
-ARCH_FIELDS = {"split": ("num_hidden", "hidden", "res_blocks", "checker", "channel", "bn_momentum", "bottom_couplings",
-                         "bottom_hidden", "bottom_scale", "bottom_context"),
-               "conv": ("hidden", "res_blocks", "checker", "channel", "bn_momentum"),
-               "mlp": ("num_hidden", "num_blocks", "bn_momentum")}
-LEVELS = {"conv": 3, "split": 2}
-# `python realnvp/train.py --arch A` starts from PRESETS[A]. conv: the whole-image multi-scale flow (the
-# first shipped model: good bits/dim, poor inpainting); mlp: the skeleton's MLP flow (42M parameters).
-PRESETS = {"split": RealNVPConfig(),
-           "conv": RealNVPConfig(arch="conv", hidden=(8, 24, 48), checker=(1, 2, 3), channel=(2, 2)),
-           "mlp": RealNVPConfig(arch="mlp", num_hidden=1024)}
+# The fields each architecture reads, and its resolutions (multiscale: 28x28, 14x14, 7x7; split: the top
+# half at 14x28, 7x14).
+ARCH_FIELDS = {"split": ("hidden", "res_blocks", "checker", "channel", "bn_momentum", "num_hidden", "bottom_couplings",
+                         "bottom_hidden", "bottom_context"),
+               "multiscale": ("hidden", "res_blocks", "checker", "channel", "bn_momentum")}
+LEVELS = {"multiscale": 3, "split": 2}
+# `python realnvp/train.py --arch A` trains PRESETS[A]: the shipped checkpoints' architectures.
+PRESETS = {"split": RealNVPConfig(bottom_couplings=4, bottom_hidden=8, bottom_context=4),
+           "multiscale": RealNVPConfig(arch="multiscale", hidden=(12, 48, 96), checker=(3, 3, 4), channel=(3, 3))}
+SHIPPED_PATHS = {"split": DEFAULT_PATH, "multiscale": MULTISCALE_PATH}
 
 
 def _zeros_logdet(inputs):
@@ -229,23 +225,18 @@ class ConvCouplingLayer(nn.Module):
 class BottomCouplingLayer(nn.Module):
     """Affine coupling of the bottom half (rows 14-27) given the top half and half of the bottom itself.
 
-    The bottom half's pixels where the checkerboard `parity` is 1 pass through; the others get
-    z = x * exp(s) + t. t comes from a conv net that sees the last `context_rows` rows of the top half and the
-    bottom half (passing bottom pixels, zeros elsewhere) plus the indicator of what it sees. s comes from a net
-    that sees only those top rows when `scale_from` is "top" (the default): then the layer's log-det does not
-    depend on the bottom half, so with the top fixed log p(bottom | top) = log N(z) + a constant has a single
-    critical point, the image of z_bottom = 0 (`bottom_mode`), the only point the inpainting's gradient ascent
-    can converge to. With "seen" s reads what t reads (more expressive; sharp local maxima). Starts as the
-    identity (zero-initialised last layers)."""
+    The bottom pixels where the checkerboard `parity` is 1 pass through; the others get z = x * exp(s) + t.
+    t comes from a conv net that sees the last `context_rows` rows of the top half and the passing bottom
+    pixels (zeros elsewhere) plus the indicator of what it sees; s from a net that sees only those top rows.
+    So the layer's log-det does not depend on the bottom half, and with the top fixed log p(bottom | top) =
+    log N(z_bottom) + a constant has a single critical point, the image of z_bottom = 0 (`bottom_mode`): the
+    only point the inpainting's gradient ascent can converge to. Starts as the identity."""
 
-    def __init__(self, num_inputs, parity, hidden, res_blocks=1, scale_from="top", context_rows=14):
+    def __init__(self, num_inputs, parity, hidden, res_blocks=1, context_rows=14):
         super().__init__()
-        if scale_from not in ("top", "seen"):
-            raise ValueError(f"scale_from must be 'top' or 'seen', got {scale_from!r}")
-        self.num_inputs, self.scale_from = num_inputs, scale_from
-        # The nets see the last `context_rows` rows of the top half and the bottom half: the top's distant rows
-        # reach the bottom through the Gaussian stage's MLP, and every row saved is time saved in the
-        # inpainting's 1,000 steps.
+        self.num_inputs = num_inputs
+        # The top's distant rows reach the bottom through the Gaussian stage's MLP; every row the nets do not
+        # see is time saved in the inpainting's 1,000 steps.
         self.first_row = 14 - context_rows
         rows = 28 - self.first_row
         seen = torch.ones(1, rows, 28)
@@ -254,20 +245,14 @@ class BottomCouplingLayer(nn.Module):
         top = torch.zeros(1, rows, 28)
         top[:, :context_rows] = 1
         self.register_buffer("top", top)
-        if scale_from == "top":
-            self.net = _ResNet(2, hidden, 1, res_blocks)
-            self.scale_net = _ResNet(2, hidden // 2, 1, res_blocks)
-        else:
-            self.net = _ResNet(2, hidden, 2, res_blocks)
+        self.net = _ResNet(2, hidden, 1, res_blocks)
+        self.scale_net = _ResNet(2, hidden // 2, 1, res_blocks)
         self.scale = nn.Parameter(torch.ones(1, 1, 1))
 
     def _s_t(self, image):
         def net_in(visible):
             return torch.cat([image * visible, visible.expand_as(image)], dim=1)
-        if self.scale_from == "top":
-            raw_s, t = self.scale_net(net_in(self.top)), self.net(net_in(self.seen))
-        else:
-            raw_s, t = self.net(net_in(self.seen)).chunk(2, dim=1)
+        raw_s, t = self.scale_net(net_in(self.top)), self.net(net_in(self.seen))
         free = 1 - self.seen
         return (self.scale * torch.tanh(raw_s) * free).flatten(1), (t * free).flatten(1)
 
@@ -334,7 +319,6 @@ class FlowSequential(nn.Sequential):
     # The skeleton's method: inputs and outputs and every step kept (graders call it).
     # Only the image saving uses nrow=10 for any num_samples.
     def inpainting(self, num_samples, inputs, mask, savedir):
-        from tqdm import tqdm
         os.makedirs(savedir, exist_ok=True)
         device = next(self.parameters()).device
         inputs = inputs.to(device).requires_grad_(True)
@@ -397,11 +381,12 @@ def channel_mask(shape, parity):
     return mask if parity == 0 else 1 - mask
 
 
-def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS, shape=(1, 28, 28)):
-    """Multi-scale flow on the active prefix `shape` (28x28 -> 14x14 -> 7x7 for the whole image).
-    At level i: checker[i] checkerboard couplings (nets of hidden[i] channels); then, except at the
-    last level (len(checker) levels), a squeeze and channel[i] channel couplings at the next
-    resolution (hidden[i + 1] channels), and half of the channels factored out."""
+def _multiscale_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=NUM_INPUTS,
+                        shape=(1, 28, 28)):
+    """The paper's multi-scale flow on the active prefix `shape` (28x28 -> 14x14 -> 7x7 for the whole image).
+    At level i: checker[i] checkerboard couplings (nets of hidden[i] channels); then, except at the last
+    level, a squeeze and channel[i] channel couplings at the next resolution (hidden[i + 1] channels), and
+    half of the channels factored out. Each coupling is followed by a BatchNormFlow (paper, Sec. 3.7)."""
     modules = []
 
     def add(mask_fn, count, width):
@@ -421,64 +406,40 @@ def _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs=
     return modules
 
 
-def _split_modules(num_hidden, hidden, res_blocks, checker, channel, bn_momentum, bottom_couplings=0, bottom_hidden=32,
-                   bottom_scale="top", bottom_context=14, num_inputs=NUM_INPUTS):
+def _split_modules(c, num_inputs=NUM_INPUTS):
     """log p(x) = log p(bottom | top) + log p(top), built for the inpainting protocol.
 
     First (data side) the skeleton's CouplingLayer with the first/second-half mask: the bottom half's
-    logits become u = x_bottom * exp(s(top)) + t(top), which then only meets elementwise affine
-    batch norms on its way to the N(0, I) prior: p(bottom | top) is a Gaussian whose mean the MLP
-    nets predict from the top half. The top half (the 14x28 active prefix) gets a multi-scale
-    convolutional flow. With the top fixed, log p is a concave quadratic in the bottom logits, so the
-    skeleton's gradient ascent converges to the predicted conditional mean instead of a spurious mode.
+    logits become u = x_bottom * exp(s(top)) + t(top), a Gaussian p(bottom | top) whose mean and scale the
+    MLP nets predict from the top half; `bottom_couplings` BottomCouplingLayers then make it non-Gaussian
+    while keeping a single maximum. The top half (the 14x28 active prefix) gets a multi-scale flow, which
+    changes the bottom's coordinates only by its batch norms' elementwise affine maps.
     """
     top = torch.zeros(num_inputs)
     top[: num_inputs // 2] = 1
-    modules = [CouplingLayer(num_inputs, num_hidden, top), BatchNormFlow(num_inputs, bn_momentum)]
-    for k in range(bottom_couplings):
-        modules += [BottomCouplingLayer(num_inputs, k % 2, bottom_hidden, res_blocks, bottom_scale, bottom_context),
-                    BatchNormFlow(num_inputs, bn_momentum)]
-    return modules + _conv_modules(hidden, res_blocks, checker, channel, bn_momentum, num_inputs,
+    modules = [CouplingLayer(num_inputs, c.num_hidden, top), BatchNormFlow(num_inputs, c.bn_momentum)]
+    for k in range(c.bottom_couplings):
+        modules += [BottomCouplingLayer(num_inputs, k % 2, c.bottom_hidden, c.res_blocks, c.bottom_context),
+                    BatchNormFlow(num_inputs, c.bn_momentum)]
+    modules += _multiscale_modules(c.hidden, c.res_blocks, c.checker, c.channel, c.bn_momentum, num_inputs,
                                    shape=(1, 14, 28))
-
-
-def _mlp_modules(num_hidden, num_blocks, bn_momentum, num_inputs=NUM_INPUTS):
-    """The skeleton's flow: alternating even/odd and first/second-half masks."""
-    mask = (torch.arange(num_inputs) % 2).float()
-    half = torch.zeros(num_inputs)
-    half[: num_inputs // 2] = 1
-    masks = [mask, 1 - mask, half, 1 - half]
-    modules = []
-    for i in range(num_blocks):
-        modules += [CouplingLayer(num_inputs, num_hidden, masks[i % 4]),
-                    BatchNormFlow(num_inputs, bn_momentum),
-                    Shuffle(num_inputs)]
-    return modules
-
-
-def _skeleton_init(modules):
-    """The skeleton's initialisation of the MLP couplings: orthogonal weights, zero biases."""
-    for module in modules:
-        for layer in module.modules():
-            if isinstance(layer, nn.Linear):
-                nn.init.orthogonal_(layer.weight)
-                nn.init.zeros_(layer.bias)
+    gaussian = modules[0]   # initialised after every layer is built, so the random draws keep their order
+    for layer in gaussian.modules():   # the skeleton's initialisation: orthogonal weights, zero biases
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    for net in (gaussian.scale_net, gaussian.translate_net):
+        nn.init.zeros_(net[-1].weight)   # starts as the identity
     return modules
 
 
 def build(config):
     """The FlowSequential a RealNVPConfig describes (on the CPU, in training mode)."""
     c = config
-    if c.arch == "conv":
-        modules = _conv_modules(c.hidden, c.res_blocks, c.checker, c.channel, c.bn_momentum)
-    elif c.arch == "mlp":
-        modules = _skeleton_init(_mlp_modules(c.num_hidden, c.num_blocks, c.bn_momentum))
+    if c.arch == "multiscale":
+        modules = _multiscale_modules(c.hidden, c.res_blocks, c.checker, c.channel, c.bn_momentum)
     else:
-        modules = _skeleton_init(_split_modules(c.num_hidden, c.hidden, c.res_blocks, c.checker, c.channel,
-                                                c.bn_momentum, c.bottom_couplings, c.bottom_hidden, c.bottom_scale,
-                                                c.bottom_context))
-        for net in (modules[0].scale_net, modules[0].translate_net):
-            nn.init.zeros_(net[-1].weight)   # the bottom-half coupling starts as the identity
+        modules = _split_modules(c)
     return FlowSequential(None, *modules)
 
 
@@ -654,29 +615,6 @@ def mode_curvature(model, images, batch_size=250, iters=20):
     return torch.cat(out)
 
 
-def log_probs_and_mode(model, x):
-    """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
-    of the bottom stage."""
-    layers = list(model)
-    end = _bottom_stage_end(layers)
-    h, logdet = model._pre_process(x), 0
-    for i, m in enumerate(layers):
-        if i == end:
-            stage_out = h
-        h, d = m(h, "direct")
-        logdet = logdet + d
-    log_probs = model.prior.log_prob(h).sum(-1, keepdim=True) + logdet
-    return log_probs, _mode_from_stage(layers, end, stage_out)
-
-
-def log_probs_and_mode_sse(model, x):
-    """(model.log_probs(x) (B, 1), mean over the batch of the squared error, in pixels summed over the bottom half,
-    between x and bottom_mode of its top half, that mode): the two terms of the `--mode-weight` training loss,
-    which puts the maximum the inpainting climbs towards at the data, and where `curvature_excess` looks."""
-    log_probs, mode = log_probs_and_mode(model, x)
-    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean(), mode
-
-
 def _bottom_latent(layers, end, top, bottom):
     """z_bottom as a function of the bottom-half logits for fixed top-half logits: the bottom stage, then the
     top-half flow's batch norms on the bottom's dimensions (all it does to them). Batch norms use their current
@@ -725,40 +663,6 @@ def ascent_curvature(model, top, bottom, iters=4, generator=None):
             jv = jacobian_times(v)
         v = torch.autograd.grad(z, b, jv, retain_graph=True)[0]   # J^T J v
     return jacobian_times(v / v.norm(dim=1, keepdim=True)).pow(2).sum(1)
-
-
-def curvature_excess(model, x, mode, limit, images=16, generator=None):
-    """Mean of relu(ascent_curvature - limit)^2 over two points of the inpainting's path for each of the first
-    `images` images of `x` (B, 784, in (0, 1)): the conditional maximum given its top half (`mode`, bottom-half
-    logits from log_probs_and_mode_sse) and a random point between it and a noise start like the protocol's (bottom
-    logits +-logit(HI)). Call after the direct pass that gave `mode` (in training mode its batch statistics)."""
-    top = torch.logit(x[:images, :HALF])
-    mode = mode[:images].detach()
-    start = (torch.rand(mode.shape, generator=generator) < 0.5).to(mode) * 2 - 1
-    between = mode + torch.rand(mode.size(0), 1, generator=generator).to(mode) * (start * math.log(HI / LO) - mode)
-    curvature = ascent_curvature(model, torch.cat([top, top]), torch.cat([mode, between]), iters=3, generator=generator)
-    return torch.relu(curvature - limit).pow(2).mean()
-
-
-CURVATURE_LIMIT = 6.0   # default curvature allowed by the penalty (the protocol's step of 0.2 converges below 10)
-
-
-def inpainting_loss(model, x, mode_weight=0.0, curvature_weight=0.0, curvature_limit=CURVATURE_LIMIT, generator=None):
-    """(log p of x (B, 1), the training loss, {name: float} of its extra terms): -mean log p, plus mode_weight x the
-    squared error of the conditional maximum (log_probs_and_mode_sse) and curvature_weight x curvature_excess when
-    they are non-zero: the inpainting returns that maximum, so train it towards the data's bottom half, and keep
-    the curvature on its way there where the protocol's fixed step converges."""
-    if not (mode_weight or curvature_weight):
-        log_probs = model.log_probs(x)
-        return log_probs, -log_probs.mean(), {}
-    log_probs, mode_sse, mode = log_probs_and_mode_sse(model, x)
-    loss = -log_probs.mean() + mode_weight * mode_sse
-    stats = {"mode_sse": mode_sse.item()}
-    if curvature_weight:
-        excess = curvature_excess(model, x, mode, curvature_limit, generator=generator)
-        loss = loss + curvature_weight * excess
-        stats["curvature_excess"] = excess.item()
-    return log_probs, loss, stats
 
 
 def masked_inputs(images, generator):

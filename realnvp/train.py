@@ -1,12 +1,22 @@
-"""Train the RealNVP flow on MNIST, or print a checkpoint's test bits/dim (--eval).
+"""Train a RealNVP flow on MNIST, or print a checkpoint's test bits/dim (--eval).
 
-`python realnvp/train.py` trains the shipped architecture (fixed seed) through the project's scaffold
-(mnistgen.training): per epoch, the batch-norm statistics are recomputed over --bn-images training
-images, the test bits/dim is measured (the best epoch is kept), a 10x10 sample grid goes to
---img-save-dir; log.csv, curves.png, last.pt (for --resume) and best.pt go to --log-dir. At the end
-the best model's statistics are recomputed over the whole training set and it is shipped in fp16 when
-that leaves its test bits/dim unchanged (else fp32): to --model-dir/realnvp.pt when given, else to
-models/realnvp.pt and figures/ after a complete run (never after --limit or a --max-minutes stop).
+    python realnvp/train.py                     # the split flow: models/realnvp.pt (the graders' inpainting)
+    python realnvp/train.py --arch multiscale   # the multi-scale flow: models/realnvp_multiscale.pt (samples)
+
+Each trains its shipped architecture and schedule (fixed seed) through the project's scaffold
+(mnistgen.training): per epoch, the batch-norm statistics are recomputed over --bn_images training images,
+the test bits/dim is measured (the best epoch is kept) and a 10x10 sample grid goes to --img_save_dir;
+log.csv, curves.png, last.pt (for --resume) and best.pt go to --logdir. At the end the best model's
+statistics are recomputed over the whole training set and it is shipped in fp16 when that leaves its test
+bits/dim unchanged (else fp32), into --model_dir when given, else into models/ with its figures in
+figures/ after a complete run (never after --limit or a --max_minutes stop).
+
+The split flow's loss adds two terms to the negative log-likelihood: the squared error of the maximum of
+log p(bottom | top), which the inpainting climbs to, against the image's bottom half (--mode_weight), and a
+penalty on the curvature of -log p(bottom | top) along the inpainting's path above --curvature_limit
+(--curvature_weight), so that the protocol's fixed step of 0.2 reaches that maximum.
+Flags use underscores; the skeleton's dashed spellings (--batch-size, --model-dir, --img-save-dir, --no-cuda)
+are accepted too.
 """
 import argparse
 import dataclasses
@@ -25,25 +35,84 @@ from mnistgen.files import ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
 from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
                             positive_float, positive_int, run_cli, save_image_grid, seed_everything)
-from realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, RealNVPConfig,
-                     bits_per_dim, build, evaluate_bpd, load, preprocess, recompute_batchnorm)
-from realnvp.realnvp import (CURVATURE_LIMIT, inpaint_mse, inpainting_loss, masked_inputs, mode_curvature,
-                             mode_inpainting)
+from realnvp.realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, HALF, HI, KIND, LO, NUM_INPUTS, PRESETS,
+                             SHIPPED_PATHS, RealNVPConfig, _bottom_stage_end, _mode_from_stage, ascent_curvature,
+                             bits_per_dim, build, evaluate_bpd, inpaint_mse, load, masked_inputs, mode_curvature,
+                             mode_inpainting, preprocess, recompute_batchnorm)
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
 FP16_TOLERANCE = 5e-4     # bits/dim change allowed when shipping fp16 weights
 WARMUP = 200              # steps of linear learning-rate warm-up
-MODE_IMAGES = 1000        # test images of the per-epoch inpainting estimate (split flows)
-DEFAULT_MODE_WEIGHT = 0.0 # --mode-weight of the shipped flow
+MODE_IMAGES = 1000        # test images of the per-epoch inpainting estimate (split flow)
 CURVATURE_IMAGES = 200    # of those, the images whose curvature at the maximum is logged per epoch
+CURVATURE_LIMIT = 6.0     # curvature the penalty allows (the protocol's step of 0.2 converges below 10)
+# Training flags whose default depends on --arch: the shipped checkpoints' schedules
+ARCH_TRAINING = {"split": dict(epochs=7, mode_weight=20.0, curvature_weight=1.0),
+                 "multiscale": dict(epochs=16, mode_weight=0.0, curvature_weight=0.0)}
+ARCH_FLAGS = ("hidden", "checker", "channel", "res_blocks", "num_hidden", "bottom_couplings", "bottom_hidden",
+              "bottom_context")
 
 
-class DashedParser(argparse.ArgumentParser):
-    """The skeleton spells this script's flags with dashes (--batch-size); the shared flags added by
-    add_common_args are spelled the same way here (--data-root), their destinations keep underscores."""
+# ---------------------------------------------------------------------------------------------------------------
+# The split flow's training loss
 
-    def add_argument(self, *names, **kwargs):
-        return super().add_argument(*(n.replace("_", "-") if n.startswith("--") else n for n in names), **kwargs)
+
+def log_probs_and_mode(model, x):
+    """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
+    of the bottom stage."""
+    layers = list(model)
+    end = _bottom_stage_end(layers)
+    h, logdet = model._pre_process(x), 0
+    for i, m in enumerate(layers):
+        if i == end:
+            stage_out = h
+        h, d = m(h, "direct")
+        logdet = logdet + d
+    log_probs = model.prior.log_prob(h).sum(-1, keepdim=True) + logdet
+    return log_probs, _mode_from_stage(layers, end, stage_out)
+
+
+def log_probs_and_mode_sse(model, x):
+    """(model.log_probs(x) (B, 1), mean over the batch of the squared error, in pixels summed over the bottom half,
+    between x and bottom_mode of its top half, that mode): the two terms of the `--mode_weight` training loss,
+    which puts the maximum the inpainting climbs towards at the data, and where `curvature_excess` looks."""
+    log_probs, mode = log_probs_and_mode(model, x)
+    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean(), mode
+
+
+def curvature_excess(model, x, mode, limit, images=16, generator=None):
+    """Mean of relu(ascent_curvature - limit)^2 over two points of the inpainting's path for each of the first
+    `images` images of `x` (B, 784, in (0, 1)): the conditional maximum given its top half (`mode`, bottom-half
+    logits from log_probs_and_mode_sse) and a random point between it and a noise start like the protocol's (bottom
+    logits +-logit(HI)). Call after the direct pass that gave `mode` (in training mode its batch statistics)."""
+    top = torch.logit(x[:images, :HALF])
+    mode = mode[:images].detach()
+    start = (torch.rand(mode.shape, generator=generator) < 0.5).to(mode) * 2 - 1
+    between = mode + torch.rand(mode.size(0), 1, generator=generator).to(mode) * (start * math.log(HI / LO) - mode)
+    curvature = ascent_curvature(model, torch.cat([top, top]), torch.cat([mode, between]), iters=3, generator=generator)
+    return torch.relu(curvature - limit).pow(2).mean()
+
+
+def inpainting_loss(model, x, mode_weight=0.0, curvature_weight=0.0, curvature_limit=CURVATURE_LIMIT, generator=None):
+    """(log p of x (B, 1), the training loss, {name: float} of its extra terms): -mean log p, plus mode_weight x the
+    squared error of the conditional maximum (log_probs_and_mode_sse) and curvature_weight x curvature_excess when
+    they are non-zero: the inpainting returns that maximum, so train it towards the data's bottom half, and keep
+    the curvature on its way there where the protocol's fixed step converges."""
+    if not (mode_weight or curvature_weight):
+        log_probs = model.log_probs(x)
+        return log_probs, -log_probs.mean(), {}
+    log_probs, mode_sse, mode = log_probs_and_mode_sse(model, x)
+    loss = -log_probs.mean() + mode_weight * mode_sse
+    stats = {"mode_sse": mode_sse.item()}
+    if curvature_weight:
+        excess = curvature_excess(model, x, mode, curvature_limit, generator=generator)
+        loss = loss + curvature_weight * excess
+        stats["curvature_excess"] = excess.item()
+    return log_probs, loss, stats
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
 
 
 def int_list(text):
@@ -56,102 +125,96 @@ def int_list(text):
     return values
 
 
-def shipped_file(folder):
-    """--model-dir names the folder (the skeleton's flag); the shipped checkpoint is FOLDER/realnvp.pt."""
-    return str(Path(folder) / "realnvp.pt")
-
-
 def preset_defaults(field):
-    """'split 16,48; conv 8,24,48': a config field's default in each preset that reads it (for help=)."""
+    """'split 16,48; multiscale 12,48,96': a config field's default in each preset that reads it (for help=)."""
     shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
     return "; ".join(f"{arch} {shown(getattr(c, field))}" for arch, c in PRESETS.items() if field in ARCH_FIELDS[arch])
 
 
+def training_defaults(flag):
+    return "; ".join(f"{arch} {values[flag]:g}" for arch, values in ARCH_TRAINING.items())
+
+
 def build_parser():
-    p = add_common_args(DashedParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default: 64)")
-    p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default: 10)")
+    p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.add_argument("--no-cuda", dest="device", action="store_const", const="cpu",
+                   help="the skeleton's spelling of --device cpu")
+    p.add_argument("--arch", default="split", choices=list(PRESETS),
+                   help="split: the graders' flow (a Gaussian p(bottom | top) refined by bottom couplings, times a "
+                        "multi-scale flow of the top half); multiscale: the paper's multi-scale flow of the whole image "
+                        "(default: %(default)s). The flags below override its preset")
+    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=64, help="training batch size (default: 64)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"training epochs (default: {training_defaults('epochs')})")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help=f"Adam learning rate, warmed up over {WARMUP} steps then cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    p.add_argument("--arch", default=RealNVPConfig.arch, choices=list(PRESETS),
-                   help="split: conv flow on the top half x a Gaussian p(bottom | top) predicted by the skeleton's "
-                        "MLP coupling; conv: multi-scale convolutional RealNVP on the whole image; mlp: the "
-                        "skeleton's MLP flow (default: %(default)s). The flags below override its preset")
     p.add_argument("--hidden", type=int_list, default=None,
-                   help="channels of the coupling nets per resolution (conv: 28x28, 14x14, 7x7; split: 14x28, "
+                   help="channels of the coupling nets per resolution (multiscale: 28x28, 14x14, 7x7; split: 14x28, "
                         f"7x14) (default: {preset_defaults('hidden')})")
     p.add_argument("--checker", type=int_list, default=None,
                    help=f"checkerboard couplings per resolution, 0 allowed (default: {preset_defaults('checker')})")
     p.add_argument("--channel", type=int_list, default=None,
                    help=f"channel couplings after each squeeze (default: {preset_defaults('channel')})")
-    p.add_argument("--res-blocks", type=int, choices=range(0, 5), default=None,
+    p.add_argument("--res_blocks", type=int, choices=range(0, 5), default=None,
                    help="residual blocks (two 3x3 convolutions each) per coupling net "
                         f"(default: {preset_defaults('res_blocks')})")
-    p.add_argument("--num-blocks", type=positive_int, default=None,
-                   help=f"coupling blocks (default: {preset_defaults('num_blocks')})")
-    p.add_argument("--num-hidden", type=positive_int, default=None,
-                   help="hidden units of the MLP couplings (split: of the bottom-half coupling) "
-                        f"(default: {preset_defaults('num_hidden')})")
-    p.add_argument("--bottom-couplings", type=int, choices=range(0, 17), default=None, metavar="{0..16}",
-                   help="split: conv couplings that model the bottom half given the top after its Gaussian stage "
+    p.add_argument("--num_hidden", type=positive_int, default=None,
+                   help=f"split: hidden units of the Gaussian stage's MLP nets (default: {preset_defaults('num_hidden')})")
+    p.add_argument("--bottom_couplings", type=int, choices=range(0, 17), default=None, metavar="{0..16}",
+                   help="split: conv couplings of the bottom half given the top after its Gaussian stage "
                         f"(default: {preset_defaults('bottom_couplings')})")
-    p.add_argument("--bottom-hidden", type=positive_int, default=None,
+    p.add_argument("--bottom_hidden", type=positive_int, default=None,
                    help=f"split: channels of their nets (default: {preset_defaults('bottom_hidden')})")
-    p.add_argument("--bottom-scale", default=None, choices=["top", "seen"],
-                   help="split: what the bottom couplings' scales read: top (log p(bottom | top) then has one maximum, "
-                        "which the inpainting climbs towards) or seen (also the bottom pixels they condition on) "
-                        f"(default: {preset_defaults('bottom_scale')})")
-    p.add_argument("--bottom-context", type=int, choices=range(1, 15), default=None, metavar="{1..14}",
+    p.add_argument("--bottom_context", type=int, choices=range(1, 15), default=None, metavar="{1..14}",
                    help=f"split: rows of the top half their nets see (default: {preset_defaults('bottom_context')})")
-    p.add_argument("--mode-weight", type=nonnegative_float, default=DEFAULT_MODE_WEIGHT,
+    p.add_argument("--mode_weight", type=nonnegative_float, default=None,
                    help="split: weight of the squared error, in pixels summed over the bottom half, between a training "
-                        "image and the maximum of log p(bottom | its top half) (the point the inpainting climbs "
-                        "towards), added to the negative log-likelihood (default: %(default)s)")
-    p.add_argument("--curvature-weight", type=nonnegative_float, default=0.0,
-                   help="split: weight of the squared excess over --curvature-limit of the curvature of -log p(bottom "
-                        "| top) (largest Hessian eigenvalue) at that maximum and between it and a noise start, added "
-                        "to the loss (default: %(default)s)")
-    p.add_argument("--curvature-limit", type=nonnegative_float, default=CURVATURE_LIMIT,
+                        "image and the maximum of log p(bottom | its top half), added to the negative log-likelihood "
+                        f"(default: {training_defaults('mode_weight')})")
+    p.add_argument("--curvature_weight", type=nonnegative_float, default=None,
+                   help="split: weight of the squared excess over --curvature_limit of the curvature of -log p(bottom "
+                        "| top) (largest Hessian eigenvalue) at that maximum and between it and a noise start "
+                        f"(default: {training_defaults('curvature_weight')})")
+    p.add_argument("--curvature_limit", type=nonnegative_float, default=CURVATURE_LIMIT,
                    help="split: curvature allowed; the inpainting's fixed step of 0.2 converges below 10 "
                         "(default: %(default)s)")
-    p.add_argument("--bn-images", type=positive_int, default=10000,
+    p.add_argument("--bn_images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
-                        "shipped checkpoint is recomputed over the whole training set)")
-    p.add_argument("--log-dir", dest="logdir", metavar="DIR", default=None,
-                   help="run folder: log.csv, curves.png, last.pt (for --resume), best.pt (default: runs/realnvp)")
-    p.add_argument("--img-save-dir", default=None,
-                   help="folder of the per-epoch sample grids img_EPOCH.png (default: images/ in --log-dir)")
-    p.add_argument("--model-dir", dest="save_path", metavar="DIR", type=shipped_file, default=None,
-                   help="write the shipped realnvp.pt into this folder (default: models/, written only by a "
-                        "complete run: not with --limit or a --max-minutes stop)")
-    p.add_argument("--figures-dir", default=None,
-                   help="where realnvp_samples.png and realnvp_curves.png of the shipped model go (default: "
-                        "figures/, written only by a complete run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --log-dir from its last.pt")
-    p.add_argument("--max-minutes", type=positive_float, default=None,
+                        "shipped checkpoint's are recomputed over the whole training set)")
+    p.add_argument("--logdir", metavar="DIR", default=None,
+                   help="run folder: log.csv, curves.png, last.pt (for --resume), best.pt "
+                        "(default: runs/realnvp or runs/realnvp_multiscale)")
+    p.add_argument("--img_save_dir", "--img-save-dir", default=None,
+                   help="folder of the per-epoch sample grids img_EPOCH.png (default: images/ in --logdir)")
+    p.add_argument("--model_dir", "--model-dir", metavar="DIR", default=None,
+                   help="write the shipped checkpoint (realnvp.pt or realnvp_multiscale.pt) into this folder "
+                        "(default: models/, written only by a complete run: not with --limit or a --max_minutes stop)")
+    p.add_argument("--figures_dir", default=None,
+                   help="where the shipped model's sample grid and curves go (default: figures/, written only by a "
+                        "complete run)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --logdir from its last.pt")
+    p.add_argument("--max_minutes", type=positive_float, default=None,
                    help="stop (resumable with --resume) after this many minutes of training (default: no limit)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use only the first N training and test images (smoke runs; never ships to models/)")
-    p.add_argument("--eval", action="store_true", help="only print the test bits/dim of --load-path")
-    p.add_argument("--load-path", default=str(DEFAULT_PATH),
+    p.add_argument("--eval", action="store_true", help="only print the test bits/dim of --load_path")
+    p.add_argument("--load_path", default=str(DEFAULT_PATH),
                    help="checkpoint for --eval (file or folder; default: models/realnvp.pt)")
-    p.add_argument("--recompute-bn", action="store_true",
+    p.add_argument("--recompute_bn", action="store_true",
                    help="with --eval: recompute the batch-norm statistics over the training set first")
     return p
 
 
 def model_config(args):
     """The --arch preset with the architecture flags given."""
-    given = {f: getattr(args, f) for f in ("hidden", "checker", "channel", "res_blocks", "num_blocks", "num_hidden",
-                                           "bottom_couplings", "bottom_hidden", "bottom_scale", "bottom_context")
-             if getattr(args, f) is not None}
+    given = {f: getattr(args, f) for f in ARCH_FLAGS if getattr(args, f) is not None}
     for field in given:
         if field not in ARCH_FIELDS[args.arch]:
-            raise UserError(f"--{field.replace('_', '-')} does not apply to --arch {args.arch}")
+            raise UserError(f"--{field} does not apply to --arch {args.arch}")
     for flag in ("mode_weight", "curvature_weight"):
         if getattr(args, flag) and args.arch != "split":
-            raise UserError(f"--{flag.replace('_', '-')} applies to --arch split only, not {args.arch}")
+            raise UserError(f"--{flag} applies to --arch split only, not {args.arch}")
     try:
         return dataclasses.replace(PRESETS[args.arch], **given)
     except ValueError as err:
@@ -252,10 +315,11 @@ class RealNVPTask(Task):
         shipped = load(shipped_path, self.device)
         with torch.no_grad():
             samples = torch.sigmoid(shipped.sample(noise=self.noise.to(self.device))).view(-1, 1, 28, 28)
-        save_image_grid(samples, figures_dir / "realnvp_samples.png")
-        plot_curves(CsvLog(run_dir / "log.csv").rows(), "epoch", self.curve_panels, figures_dir / "realnvp_curves.png",
-                    title="RealNVP on MNIST")
-        print(f"figures: realnvp_samples.png, realnvp_curves.png in {figures_dir}")
+        name = SHIPPED_PATHS[self.config.arch].stem   # realnvp or realnvp_multiscale
+        save_image_grid(samples, figures_dir / f"{name}_samples.png")
+        plot_curves(CsvLog(run_dir / "log.csv").rows(), "epoch", self.curve_panels, figures_dir / f"{name}_curves.png",
+                    title=f"RealNVP ({self.config.arch}) on MNIST")
+        print(f"figures: {name}_samples.png, {name}_curves.png in {figures_dir}")
 
 
 def run_eval(args, device):
@@ -274,18 +338,24 @@ def run_eval(args, device):
 @run_cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for flag, value in ARCH_TRAINING[args.arch].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     device = pick_device(args.device)
     if args.eval:
         return run_eval(args, device)
     config = model_config(args)
+    shipped_name = SHIPPED_PATHS[args.arch].stem   # realnvp or realnvp_multiscale: runs/NAME, models/NAME.pt
+    args.save_path = args.model_dir and str(Path(args.model_dir) / f"{shipped_name}.pt")
     train_images, test_images = (load_mnist(train=split, data_root=args.data_root)[0][: args.limit]
                                  for split in (True, False))
     if len(train_images) < args.batch_size:
-        raise UserError(f"--batch-size {args.batch_size} is larger than the {len(train_images)} training images")
+        raise UserError(f"--batch_size {args.batch_size} is larger than the {len(train_images)} training images")
     steps_per_epoch = len(train_images) // args.batch_size
-    opts = run_options(args, KIND, args.epochs * steps_per_epoch, eval_every=steps_per_epoch, save_flag="--model-dir")
-    check_outputs(opts.save_path, opts.figures_dir, opts.logdir, ("--model-dir", "--figures-dir", "--log-dir"))
-    img_dir = ensure_writable_dir(args.img_save_dir or opts.logdir / "images", "sample-grid folder (--img-save-dir)")
+    opts = run_options(args, shipped_name, args.epochs * steps_per_epoch, eval_every=steps_per_epoch,
+                       save_flag="--model_dir")
+    check_outputs(opts.save_path, opts.figures_dir, opts.logdir, ("--model_dir", "--figures_dir", "--logdir"))
+    img_dir = ensure_writable_dir(args.img_save_dir or opts.logdir / "images", "sample-grid folder (--img_save_dir)")
     seed_everything(args.seed)   # the initial weights (a resumed run reloads its own)
     task = RealNVPTask(config, train_images, test_images, img_dir, args, device)
     n_params = sum(p.numel() for p in task.model.parameters())

@@ -1,5 +1,5 @@
 """RealNVP: invertibility, log-determinants, the config and checkpoints, bits/dim, the inpainting protocol,
-the scripts (smoke runs, resume, the issue-12 bad-input table) and the shipped model (slow)."""
+the split flow's training loss, the scripts (smoke runs, resume, bad input) and the shipped flows (slow)."""
 import dataclasses
 import math
 
@@ -14,15 +14,15 @@ from realnvp import (DEFAULT_PATH, KIND, PRESETS, BatchNormFlow, ConvCouplingLay
                      Shuffle, bits_per_dim, build, draw_samples, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
                      preprocess, recompute_batchnorm)
 from realnvp.realnvp import (HALF, HI, LO, BottomCouplingLayer, ascent_curvature, bottom_mode, channel_mask, checkerboard,
-                             curvature_excess, inpaint_mse, log_probs_and_mode, logit_logdet, mode_curvature,
-                             mode_inpainting)
+                             inpaint_mse, logit_logdet, mode_curvature, mode_inpainting)
+from realnvp.train import curvature_excess, log_probs_and_mode
 
-TINY_CONV = RealNVPConfig(arch="conv", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
-FAST_MLP = RealNVPConfig(arch="mlp", num_hidden=8, num_blocks=2)   # for the 1000-step inpainting
-TINY_MLP = RealNVPConfig(arch="mlp", num_hidden=16, num_blocks=4)
+TINY_MULTISCALE = RealNVPConfig(arch="multiscale", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
 TINY_SPLIT = RealNVPConfig(arch="split", num_hidden=16, hidden=(4, 6), res_blocks=1, checker=(2, 2), channel=(2,))
 TINY_SPLIT_FLOW = dataclasses.replace(TINY_SPLIT, bottom_couplings=2, bottom_hidden=4)   # non-Gaussian bottom half
-TINY_SPLIT_SEEN = dataclasses.replace(TINY_SPLIT_FLOW, bottom_scale="seen", bottom_context=3)
+TINY_SPLIT_CONTEXT = dataclasses.replace(TINY_SPLIT_FLOW, bottom_context=3)
+# for the 1,000-step inpainting: the fewest and smallest layers
+FAST_SPLIT = RealNVPConfig(arch="split", num_hidden=8, hidden=(2, 2), res_blocks=0, checker=(1, 1), channel=(1,))
 SHIPPED = DEFAULT_PATH
 
 
@@ -74,17 +74,17 @@ def conv_layer(shape, mask, num_inputs=None):
     return layer
 
 
-def bottom_layer(parity, scale_from="top", context=14):
-    layer = BottomCouplingLayer(784, parity, hidden=6, scale_from=scale_from, context_rows=context)
-    for net in (layer.net, getattr(layer, "scale_net", layer.net)):
+def bottom_layer(parity, context=14):
+    layer = BottomCouplingLayer(784, parity, hidden=6, context_rows=context)
+    for net in (layer.net, layer.scale_net):
         torch.nn.init.normal_(net.conv_out.weight, std=0.1)
     return layer
 
 
-@pytest.mark.parametrize("scale_from, context", [("top", 14), ("seen", 14), ("top", 4)])
-def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones(scale_from, context):
+@pytest.mark.parametrize("context", [14, 4])
+def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones(context):
     torch.manual_seed(0)
-    layer = bottom_layer(0, scale_from, context).eval()
+    layer = bottom_layer(0, context).eval()
     x = torch.randn(2, 784)
     z, _ = layer(x)
     seen = torch.cat([torch.ones(784 - layer.seen.numel(), dtype=torch.bool), layer.seen.flatten().bool()])
@@ -102,15 +102,14 @@ def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_
         assert torch.allclose((layer(x + far)[0] - far), z, atol=1e-6)
 
 
-def test_bottom_coupling_log_det_reads_the_top_half_only_with_scale_from_top():
+def test_bottom_coupling_log_det_reads_the_top_half_only():
     torch.manual_seed(0)
     x, bottom, top = torch.randn(3, 784), torch.zeros(3, 784), torch.zeros(3, 784)
     bottom[:, HALF:], top[:, :HALF] = torch.randn(3, HALF), torch.randn(3, HALF)
-    for scale_from in ("top", "seen"):
-        layer = bottom_layer(1, scale_from).eval()
-        ld, ld_bottom, ld_top = (layer(v)[1] for v in (x, x + bottom, x + top))
-        assert not torch.allclose(ld, ld_top, atol=1e-4)
-        assert torch.allclose(ld, ld_bottom, atol=1e-5) == (scale_from == "top")
+    layer = bottom_layer(1).eval()
+    ld, ld_bottom, ld_top = (layer(v)[1] for v in (x, x + bottom, x + top))
+    assert not torch.allclose(ld, ld_top, atol=1e-4)
+    assert torch.allclose(ld, ld_bottom, atol=1e-5)
 
 
 def test_bottom_mode_is_the_only_critical_point_of_the_conditional():
@@ -164,9 +163,9 @@ def test_ascent_curvature_is_the_hessian_top_eigenvalue_at_the_conditional_maxim
     lambda: conv_layer((1, 28, 28), checkerboard((1, 28, 28), 0), 784),
     lambda: conv_layer((4, 14, 14), channel_mask((4, 14, 14), 1), 784),
     lambda: bottom_layer(1),
-    lambda: bottom_layer(0, "seen", 5),
+    lambda: bottom_layer(0, 5),
 ], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel", "bottom-coupling",
-        "bottom-coupling-seen"])
+        "bottom-coupling-context"])
 def test_each_layer_inverts(make):
     torch.manual_seed(1)
     layer = perturb(make()) if isinstance(make(), BatchNormFlow) else make()
@@ -175,8 +174,8 @@ def test_each_layer_inverts(make):
     check_inverse(layer, x, train=True)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_MLP, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_SEEN],
-                         ids=["conv", "mlp", "split", "split-flow", "split-flow-seen"])
+@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_CONTEXT],
+                         ids=["multiscale", "split", "split-flow", "split-flow-context"])
 def test_whole_flow_inverts_and_logdets_cancel(config):
     torch.manual_seed(0)
     model = perturb(build(config)).eval()
@@ -212,8 +211,8 @@ def test_layer_logdet_matches_jacobian(make):
     assert ld.item() == pytest.approx(brute_force_logdet(lambda v: layer(v[None])[0][0], x).item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY_CONV, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_SEEN],
-                         ids=["conv", "split", "split-flow", "split-flow-seen"])
+@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_CONTEXT],
+                         ids=["multiscale", "split", "split-flow", "split-flow-context"])
 def test_flow_logdet_matches_jacobian(config):
     torch.manual_seed(3)
     model = perturb(build(config)).double().eval()
@@ -250,19 +249,19 @@ def test_split_flow_inpainting_converges_to_its_conditional_mode(tmp_path, confi
 
 
 def test_masks_and_permutations_are_buffers():
-    state = build(TINY_CONV).state_dict()
+    state = build(TINY_MULTISCALE).state_dict()
     assert any(k.endswith("mask") for k in state) and any(k.endswith("perm") for k in state)
     assert "prior_loc" in state and "prior_scale" in state
-    assert any(k.endswith("perm") for k in build(TINY_MLP).state_dict())
+    assert any(k.endswith("seen") for k in build(TINY_SPLIT_FLOW).state_dict())
 
 
 def test_loaded_checkpoint_samples_without_forward(tmp_path):
     torch.manual_seed(0)
-    model = perturb(build(TINY_CONV)).eval()
+    model = perturb(build(TINY_MULTISCALE)).eval()
     noise = torch.randn(3, 784)
     with torch.no_grad():
         expected = model.sample(noise=noise)
-    save_checkpoint(tmp_path / "realnvp.pt", KIND, TINY_CONV, model=model.state_dict())
+    save_checkpoint(tmp_path / "realnvp.pt", KIND, TINY_MULTISCALE, model=model.state_dict())
     loaded = load(tmp_path)   # a folder holding realnvp.pt
     assert not loaded.training
     with torch.no_grad():
@@ -285,7 +284,7 @@ def test_preprocess_range_and_scale():
 
 def test_bits_per_dim_of_untrained_flow():
     torch.manual_seed(0)
-    model = build(TINY_CONV)
+    model = build(TINY_MULTISCALE)
     images = load_mnist(train=True)[0][:500]
     recompute_batchnorm(model, images, batch_size=250)
     x, log_scale = preprocess(load_mnist(train=False)[0][:100], torch.Generator().manual_seed(0))
@@ -298,7 +297,7 @@ def test_bits_per_dim_of_untrained_flow():
 
 
 def test_recompute_batchnorm_gives_data_statistics():
-    model = build(TINY_MLP)
+    model = build(TINY_SPLIT)
     images = load_mnist(train=True)[0][:400]
     recompute_batchnorm(model, images, batch_size=200, generator=torch.Generator().manual_seed(7))
     first = next(m for m in model.modules() if isinstance(m, BatchNormFlow))
@@ -313,10 +312,10 @@ def test_recompute_batchnorm_gives_data_statistics():
 
 def tiny_model(tmp_path):
     torch.manual_seed(0)
-    model = build(FAST_MLP)   # the inpainting method always runs 1000 steps: the fewest layers
+    model = build(FAST_SPLIT)   # the inpainting method always runs 1000 steps: the fewest layers
     recompute_batchnorm(model, load_mnist(train=True)[0][:200], batch_size=200)
     path = tmp_path / "realnvp.pt"
-    save_checkpoint(path, KIND, FAST_MLP, model=model.state_dict())
+    save_checkpoint(path, KIND, FAST_SPLIT, model=model.state_dict())
     return path
 
 
@@ -343,24 +342,25 @@ def test_nearest_neighbour_never_copies_itself():
 
 # ---------------------------------------------------------------- config, build, load
 def test_presets_and_the_shipped_config_form():
-    assert PRESETS["split"] == RealNVPConfig()   # the dataclass defaults are the shipped flow
     for config in PRESETS.values():
         assert config_from_dict(RealNVPConfig, dataclasses.asdict(config)) == config
-    # models/realnvp.pt stores this dict (lists, no num_blocks): it is the split preset
+    # a checkpoint stores lists; an older split checkpoint stores only some fields (the others default)
     stored = dict(arch="split", num_hidden=512, hidden=[16, 48], res_blocks=1, checker=[2, 3], channel=[2],
                   bn_momentum=0.1)
-    assert config_from_dict(RealNVPConfig, stored) == PRESETS["split"]
+    assert config_from_dict(RealNVPConfig, stored) == RealNVPConfig()
     with pytest.raises(ValueError, match="unknown architecture 'bogus'"):
         RealNVPConfig(arch="bogus")
     with pytest.raises(ValueError, match="take 3 values"):
-        RealNVPConfig(arch="conv")   # the split flow's two resolutions do not fit the whole image
+        RealNVPConfig(arch="multiscale")   # the split flow's two resolutions do not fit the whole image
 
 
-def test_cli_flags_fill_the_preset():
+def test_cli_flags_fill_the_preset_and_the_skeleton_spellings_are_aliases():
     from realnvp import train
-    args = train.build_parser().parse_args(["--arch", "conv", "--hidden", "2,3,4", "--res-blocks", "0"])
-    assert train.model_config(args) == dataclasses.replace(PRESETS["conv"], hidden=(2, 3, 4), res_blocks=0)
-    assert train.model_config(train.build_parser().parse_args([])) == RealNVPConfig()
+    args = train.build_parser().parse_args(["--arch", "multiscale", "--hidden", "2,3,4", "--res_blocks", "0"])
+    assert train.model_config(args) == dataclasses.replace(PRESETS["multiscale"], hidden=(2, 3, 4), res_blocks=0)
+    assert train.model_config(train.build_parser().parse_args([])) == PRESETS["split"]
+    dashed = train.build_parser().parse_args(["--batch-size", "7", "--model-dir", "m", "--img-save-dir", "i", "--no-cuda"])
+    assert (dashed.batch_size, dashed.model_dir, dashed.img_save_dir, dashed.device) == (7, "m", "i", "cpu")
 
 
 def test_masked_inputs_draw_from_their_generator_only():
@@ -384,13 +384,14 @@ def test_missing_checkpoint_is_user_error(tmp_path):
 
 
 # ---------------------------------------------------------------- scripts
-SMOKE = ["--limit", "200", "--batch-size", "50", "--hidden", "4,4", "--checker", "1,1", "--channel", "1",
-         "--num-hidden", "16", "--bn-images", "100", "--device", "cpu"]
+SMOKE = ["--limit", "200", "--batch_size", "50", "--hidden", "4,4", "--checker", "1,1", "--channel", "1",
+         "--num_hidden", "16", "--bottom_couplings", "0", "--mode_weight", "0", "--curvature_weight", "0",
+         "--bn_images", "100", "--device", "cpu"]
 
 
 def test_train_smoke_resume_eval_and_ship(tmp_path, capsys):
     from realnvp import train
-    run = ["--log-dir", str(tmp_path / "run")]
+    run = ["--logdir", str(tmp_path / "run")]
     path = train.main(SMOKE + run + ["--epochs", "1"])
     assert path == tmp_path / "run" / "shipped.pt"   # a --limit run never ships to models/
     assert (tmp_path / "run" / "images" / "img_001.png").is_file()
@@ -399,24 +400,31 @@ def test_train_smoke_resume_eval_and_ship(tmp_path, capsys):
     assert shipped["dtype"] in ("float16", "float32") and shipped["bn_images"] == 200
     train.main(SMOKE + run + ["--epochs", "2", "--resume"])
     rows = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("step,epoch,loss,train_bpd,test_bpd")
+    assert rows[0].startswith("step,epoch,loss,train_bpd,test_bpd,test_mode_mse")
     assert [r.split(",")[1] for r in rows[1:]] == ["1", "2"]
     capsys.readouterr()
-    bpd = train.main(["--eval", "--load-path", str(path), "--limit", "100", "--device", "cpu"])
+    bpd = train.main(["--eval", "--load_path", str(path), "--limit", "100", "--device", "cpu"])
     assert math.isfinite(bpd)
     assert f"test bits/dim {bpd:.4f} on 100 test images" in capsys.readouterr().out
     # asked for explicitly: the checkpoint and the README figures go where the flags say
-    train.main(SMOKE + ["--log-dir", str(tmp_path / "run2"), "--epochs", "1", "--model-dir", str(tmp_path / "m"),
-                        "--figures-dir", str(tmp_path / "fig")])
+    train.main(SMOKE + ["--logdir", str(tmp_path / "run2"), "--epochs", "1", "--model_dir", str(tmp_path / "m"),
+                        "--figures_dir", str(tmp_path / "fig")])
     assert load(tmp_path / "m") is not None
     assert {p.name for p in (tmp_path / "fig").iterdir()} == {"realnvp_samples.png", "realnvp_curves.png"}
+    # the multi-scale flow ships under its own name
+    train.main(["--arch", "multiscale", "--hidden", "2,2,2", "--checker", "1,1,1", "--channel", "1,1", "--limit", "100",
+                "--batch_size", "50", "--bn_images", "100", "--device", "cpu", "--logdir", str(tmp_path / "run3"),
+                "--epochs", "1", "--model_dir", str(tmp_path / "m3"), "--figures_dir", str(tmp_path / "fig3")])
+    assert load(tmp_path / "m3" / "realnvp_multiscale.pt") is not None
+    assert {p.name for p in (tmp_path / "fig3").iterdir()} == {"realnvp_multiscale_samples.png",
+                                                               "realnvp_multiscale_curves.png"}
 
 
-def test_inpainting_script_says_where_its_pictures_are(tmp_path, capsys, monkeypatch):
+def test_inpainting_script_says_where_its_pictures_are(tmp_path, capsys):
     from realnvp import inpainting
-    monkeypatch.chdir(tmp_path)
     res = inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--num_images", "3", "--split", "test",
-                           "--baseline", "--device", "cpu", "--json", str(tmp_path / "r.json")])
+                           "--baseline", "--device", "cpu", "--json", str(tmp_path / "r.json"),
+                           "--savedir", str(tmp_path / "inpainting_images")])
     for name in ["img_sample.png", "img_raw.png", "img_masked.png", "img_001.png", "img_991.png"]:
         assert (tmp_path / "inpainting_images" / name).is_file()
     assert set(res) >= {"recovery", "masked_input", "nearest_neighbour"}
@@ -453,31 +461,13 @@ def test_sample_script_scores_its_samples(tmp_path, capsys):
                                                               "uniform noise"}
     assert sum(scores["RealNVP samples"]["counts"]) == 12
     assert "12 samples at temperature 0.7" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as err:   # an MLP flow has no halves to mix
-        sample.main(["--load_path", str(tiny_model(tmp_path)), "--halves", "--figure", str(tmp_path / "s.png")])
-    assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
 
 
-def test_mixed_halves_keep_the_halves_they_take():
-    torch.manual_seed(0)
-    model = perturb(build(TINY_SPLIT_FLOW)).eval()
-    images = load_mnist(train=False)[0][:5]
-    from realnvp.sample import mixed_halves
-    parts = mixed_halves(model, images)
-    x, _ = preprocess(images, gen(0))
-    test_top, sampled_top = parts["test top + sampled bottom"].view(5, -1), parts["sampled top + bottom maximum"].view(5, -1)
-    assert torch.allclose(test_top[:, :HALF], x[:, :HALF], atol=1e-4)
-    assert torch.allclose(parts["test top + bottom maximum"].view(5, -1)[:, :HALF], x[:, :HALF], atol=1e-4)
-    assert not torch.allclose(sampled_top[:, :HALF], x[:, :HALF], atol=1e-2)
-    mode = torch.sigmoid(bottom_mode(model, torch.logit(x)))
-    assert torch.allclose(parts["test top + bottom maximum"].view(5, -1)[:, HALF:], mode, atol=1e-4)
-
-
-@pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "conv", "--num-hidden", "8"],
-                                   ["--arch", "mlp", "--checker", "1,1"], ["--num-blocks", "3"], ["--no-cuda"],
-                                   ["--load_path", "x.pt"], ["--arch", "conv", "--mode-weight", "1"],
-                                   ["--mode-weight", "-1"], ["--bottom-scale", "all"], ["--bottom-context", "15"],
-                                   ["--arch", "conv", "--curvature-weight", "1"], ["--curvature-limit", "-1"]])
+@pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "multiscale", "--num_hidden", "8"],
+                                   ["--arch", "mlp"], ["--arch", "conv"], ["--num-blocks", "3"], ["--log-dir", "x"],
+                                   ["--load-path", "x.pt"], ["--arch", "multiscale", "--mode_weight", "1"],
+                                   ["--mode_weight", "-1"], ["--bottom_context", "15"],
+                                   ["--arch", "multiscale", "--curvature_weight", "1"], ["--curvature_limit", "-1"]])
 def test_bad_train_flags_exit_2(flags, capsys):
     from realnvp import train
     with pytest.raises(SystemExit) as err:
@@ -486,10 +476,10 @@ def test_bad_train_flags_exit_2(flags, capsys):
     assert "error:" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-# ---------------------------------------------------------------- issue 12: bad inputs
+# ---------------------------------------------------------------- bad inputs
 def checkpoint_with(tmp_path, change):
-    """A valid small checkpoint (FAST_MLP) with one fault."""
-    ckpt = dict(kind=KIND, config=dataclasses.asdict(FAST_MLP), format=1, model=build(FAST_MLP).state_dict())
+    """A valid small checkpoint (FAST_SPLIT) with one fault."""
+    ckpt = dict(kind=KIND, config=dataclasses.asdict(FAST_SPLIT), format=1, model=build(FAST_SPLIT).state_dict())
     change(ckpt)
     path = tmp_path / "bad.pt"
     torch.save(ckpt, path)
@@ -500,15 +490,15 @@ def nan_weights(ckpt):
     ckpt["model"] = {k: v * float("nan") if torch.is_floating_point(v) else v for k, v in ckpt["model"].items()}
 
 
-def conv_without_hidden(ckpt):
-    ckpt["config"] = {k: v for k, v in dataclasses.asdict(PRESETS["conv"]).items() if k != "hidden"}
+def multiscale_without_hidden(ckpt):
+    ckpt["config"] = {k: v for k, v in dataclasses.asdict(PRESETS["multiscale"]).items() if k != "hidden"}
 
 
 BAD_CHECKPOINTS = {
     "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
     # every field has a default (the shipped flow's), so a missing key fails only where its default does not
-    # fit: a conv flow without its three `hidden` widths
-    "config missing a key": (conv_without_hidden, "hidden and checker take 3 values"),
+    # fit: a multi-scale flow without its three `hidden` widths
+    "config missing a key": (multiscale_without_hidden, "hidden and checker take 3 values"),
     "wrong type": (lambda c: c["config"].update(num_hidden="big"), "num_hidden='big' is not a int"),
     "unknown arch": (lambda c: c["config"].update(arch="bogus"), "unknown architecture 'bogus'"),
     "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
@@ -533,7 +523,7 @@ def test_bad_checkpoint_in_inpainting_is_one_line_and_leaves_the_json(tmp_path, 
 @pytest.mark.parametrize("fault", ["unknown arch", "NaN weights"])
 def test_bad_checkpoint_in_train_eval_is_one_line(tmp_path, fault):
     change, message = BAD_CHECKPOINTS[fault]
-    done = run_script(["realnvp/train.py", "--eval", "--load-path", str(checkpoint_with(tmp_path, change)),
+    done = run_script(["realnvp/train.py", "--eval", "--load_path", str(checkpoint_with(tmp_path, change)),
                        "--device", "cpu"])
     assert_one_line_error(done, message)
 
@@ -549,12 +539,12 @@ def test_bad_checkpoint_in_train_eval_is_one_line(tmp_path, fault):
     ("realnvp/sample.py", ["--temperature", "0"], "argument --temperature: expected a finite number > 0, got 0"),
     ("realnvp/sample.py", ["--figure", "{tmp}/file.txt/s.png"], "cannot write"),
     ("realnvp/sample.py", ["--load_path", "{tmp}/none.pt"], "none.pt"),
-    ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--model-dir", "{tmp}/file.txt/m"], "--model-dir"),
-    ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/file.txt/run"], "run folder (--log-dir)"),
-    ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--img-save-dir", "{tmp}/file.txt/img"],
-     "(--img-save-dir)"),
-    ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--figures-dir", "{tmp}/file.txt/fig"], "--figures-dir"),
-    ("realnvp/train.py", SMOKE + ["--log-dir", "{tmp}/run", "--resume"], "shipped (weights-only) checkpoint"),
+    ("realnvp/train.py", SMOKE + ["--logdir", "{tmp}/run", "--model_dir", "{tmp}/file.txt/m"], "--model_dir"),
+    ("realnvp/train.py", SMOKE + ["--logdir", "{tmp}/file.txt/run"], "run folder (--logdir)"),
+    ("realnvp/train.py", SMOKE + ["--logdir", "{tmp}/run", "--img_save_dir", "{tmp}/file.txt/img"],
+     "(--img_save_dir)"),
+    ("realnvp/train.py", SMOKE + ["--logdir", "{tmp}/run", "--figures_dir", "{tmp}/file.txt/fig"], "--figures_dir"),
+    ("realnvp/train.py", SMOKE + ["--logdir", "{tmp}/run", "--resume"], "shipped (weights-only) checkpoint"),
 ])
 def test_bad_arguments_are_one_line(tmp_path, script, args, message):
     (tmp_path / "file.txt").write_text("a file, not a folder")
@@ -567,7 +557,7 @@ def test_bad_arguments_are_one_line(tmp_path, script, args, message):
 def test_a_short_run_touches_neither_models_nor_figures(tmp_path):
     tracked = [SHIPPED, *sorted((REPO_ROOT / "figures").glob("realnvp_*"))]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tracked}
-    done = run_script(["realnvp/train.py", *SMOKE, "--epochs", "1", "--log-dir", str(tmp_path / "run")])
+    done = run_script(["realnvp/train.py", *SMOKE, "--epochs", "1", "--logdir", str(tmp_path / "run")])
     assert done.returncode == 0, done.stderr[-1000:]
     assert "not copied to" in done.stdout and (tmp_path / "run" / "shipped.pt").is_file()
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tracked} == before
@@ -611,8 +601,8 @@ def test_shipped_conditional_mode_is_what_the_protocol_recorded():
 
 def test_train_with_the_mode_and_curvature_losses_logs_them_and_the_inpainting_estimate(tmp_path):
     from realnvp import train
-    run = ["--log-dir", str(tmp_path / "run"), "--epochs", "1", "--mode-weight", "20", "--bottom-couplings", "2",
-           "--bottom-hidden", "4", "--bottom-context", "4", "--curvature-weight", "1", "--curvature-limit", "0"]
+    run = ["--logdir", str(tmp_path / "run"), "--epochs", "1", "--mode_weight", "20", "--bottom_couplings", "2",
+           "--bottom_hidden", "4", "--bottom_context", "4", "--curvature_weight", "1", "--curvature_limit", "0"]
     load(train.main(SMOKE + run))
     header, row = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
     values = dict(zip(header.split(","), row.split(",")))
@@ -635,6 +625,7 @@ def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conditional maximum (--estimate, one pass)" in out and "curvature of -log p at the maximum" in out
     assert not (tmp_path / "p").exists()   # no pictures, no picture folder
+    multiscale = save_checkpoint(tmp_path / "ms.pt", KIND, TINY_MULTISCALE, model=build(TINY_MULTISCALE).state_dict())
     with pytest.raises(SystemExit) as err:
-        inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--estimate", "--savedir", str(tmp_path / "p")])
+        inpainting.main(["--load_path", str(multiscale), "--estimate", "--savedir", str(tmp_path / "p")])
     assert err.value.code == 2 and "needs a split flow" in capsys.readouterr().err
