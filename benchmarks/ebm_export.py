@@ -14,7 +14,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
 from ebm.ebm import DEFAULT_PATH, INPAINT_KEYS, load
 from mnistgen.files import ensure_writable
 from mnistgen.utils import (add_common_args, nonnegative_float, pick_device, positive_float, positive_int,
-                            probability, run_cli)
+                            probability, run_cli, shown)
 
 
 def clip_float(text):
@@ -57,7 +57,8 @@ def inpaint_overrides(args):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
-                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
+                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
+                        f"(default: {shown(DEFAULT_PATH)})")
     p.add_argument("--out", required=True, help="path of the checkpoint to write (required)")
     add_inpaint_args(p)
     return add_common_args(p)

@@ -19,7 +19,7 @@ from benchmarks.ebm_export import add_inpaint_args, inpaint_overrides
 from ebm.ebm import DEFAULT_PATH, load
 from ebm.protocol import VAL_IMAGES, evaluate_inpainting
 from mnistgen.data import load_mnist
-from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, take_first
+from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, shown, take_first
 
 # values tried, one setting at a time
 GRID = dict(steps=[10, 14, 18, 22, 30], step_size=[5.0, 10.0, 15.0, 20.0], noise_std=[0.0, 0.005, 0.01, 0.02],
@@ -31,7 +31,8 @@ GRID = dict(steps=[10, 14, 18, 22, 30], step_size=[5.0, 10.0, 15.0, 20.0], noise
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
-                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
+                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
+                        f"(default: {shown(DEFAULT_PATH)})")
     p.add_argument("--num_images", type=positive_int, default=500,
                    help=f"held-out training images scored (of the last {VAL_IMAGES}; default: 500)")
     p.add_argument("--keys", default=",".join(GRID),

@@ -18,13 +18,13 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ebm.ebm import DEFAULT_PATH, KIND, EBMConfig, build, load
-from ebm.protocol import VAL_IMAGES, evaluate_inpainting, shown
+from ebm.protocol import VAL_IMAGES, evaluate_inpainting
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write, ensure_writable
 from mnistgen.training import StopEarly, Task, add_run_args, fit, run_options
 from mnistgen.utils import (REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, pick_device,
                             plot_curves, positive_float, positive_int, probability, run_cli, save_image_grid,
-                            seed_everything, take_first)
+                            seed_everything, shown, take_first)
 
 EVAL_EVERY = 500   # steps between checks of the held-out inpainting MSE (the best check is shipped)
 VAL_CHECK = 500    # held-out images of each check (of the VAL_IMAGES never trained on)
@@ -51,7 +51,7 @@ def build_parser():
     p.add_argument("--play", action="store_true", help="evaluate the inpainting of --load_dir instead of training")
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="--play: checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
-                        "(default: models/ebm.pt)")
+                        f"(default: {shown(DEFAULT_PATH)})")
     p.add_argument("--batch_size", type=positive_int, default=128, help="training batch size (default: 128)")
     p.add_argument("--buffer_size", type=positive_int, default=c.buffer_size,
                    help=f"replay buffer capacity (default: {c.buffer_size})")
@@ -78,8 +78,8 @@ def build_parser():
     p.add_argument("--num_images", type=positive_int, default=None,
                    help="--play: the first N test images only (default: all 10,000)")
     p.add_argument("--figure", default=str(PLAY_FIGURE),
-                   help="--play: PNG of originals / corrupted / recovered (default: ebm_inpainting.png at the "
-                        "repository root)")
+                   help=f"--play: PNG of originals / corrupted / recovered (default: {shown(PLAY_FIGURE)} in the "
+                        "repository)")
     return add_common_args(p)
 
 

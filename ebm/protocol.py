@@ -5,8 +5,6 @@ Inpainting (the assignment's): rows 0, 2, ..., 26 of every image get N(0, 0.3^2)
 the EBM recovers them with `Trainer.inpainting`; the score is the per-image MSE over the 784 pixels.
 The baseline replaces each corrupted row by the mean of its clean neighbours.
 """
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -153,12 +151,3 @@ def figures(trainer, device, data_root=None):
     except UserError as err:  # no classifier yet
         numbers["samples_unavailable"] = str(err)
     return numbers
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-def shown(path):
-    """An output path as the scripts print it: relative to the working folder when inside it, else absolute."""
-    try:
-        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(Path(path).resolve())

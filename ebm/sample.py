@@ -16,19 +16,19 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import print_sample_scores, sample_references
 from ebm.ebm import DEFAULT_PATH, load
-from ebm.protocol import (SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, shown, smoothed_noise,
-                          start_mixture)
+from ebm.protocol import SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, smoothed_noise, start_mixture
 from mnistgen.files import ensure_writable
-from mnistgen.utils import (REPO_ROOT, add_common_args, pick_device, positive_float, positive_int, run_cli,
-                            save_image_grid)
+from mnistgen.paths import RUNS_DIR
+from mnistgen.utils import add_common_args, pick_device, positive_float, positive_int, run_cli, save_image_grid, shown
 
-FIGURE = REPO_ROOT / "ebm_samples.png"  # the grid's default place (git-ignored), wherever the command runs
+FIGURE = RUNS_DIR / "ebm_samples.png"  # the grid's default place (git-ignored), wherever the command runs
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
-                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt (default: models/ebm.pt)")
+                   help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
+                        f"(default: {shown(DEFAULT_PATH)})")
     p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
     p.add_argument("--sample_steps", type=positive_int, default=SAMPLE_STEPS,
                    help=f"Langevin steps per sample (default: {SAMPLE_STEPS})")
@@ -41,7 +41,7 @@ def build_parser():
                    help="also write a PNG grid of 100 draws of the chains' start (default: none)")
     p.add_argument("--seed", type=int, default=42, help="seed of the chains and of the references (default: 42)")
     p.add_argument("--figure", default=str(FIGURE),
-                   help="PNG grid of the first 100 samples (default: ebm_samples.png at the repository root)")
+                   help=f"PNG grid of the first 100 samples (default: {shown(FIGURE)} in the repository)")
     return add_common_args(p)
 
 
