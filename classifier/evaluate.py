@@ -17,7 +17,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.model import DEFAULT_PATH, check_samples, fid_notes, format_score, get_scorer, reference_scores
-from mnistgen.utils import UserError, add_common_args, pick_device, run_cli
+from mnistgen.utils import UserError, add_common_args, pick_device, run_cli, shown
 
 
 def load_samples(path):
@@ -37,7 +37,7 @@ def main(argv=None):
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("samples", help="a .pt file with 'imgs' and 'labels' (e.g. vae_generated_samples.pt)")
     p.add_argument("--classifier", default=str(DEFAULT_PATH),
-                   help="classifier checkpoint (default: models/classifier.pt)")
+                   help=f"classifier checkpoint (default: {shown(DEFAULT_PATH)})")
     p.add_argument("--no_references", action="store_true", help="skip the real-data and collapsed references")
     args = p.parse_args(argv)
     imgs, labels = load_samples(args.samples)

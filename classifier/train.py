@@ -20,7 +20,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 from classifier.model import DEFAULT_PATH, KIND, ClassifierConfig, accuracy_on_test_set, augment, build, load
 from mnistgen.data import batches, load_mnist
 from mnistgen.training import Task, add_run_args, fit, run_options
-from mnistgen.utils import add_common_args, pick_device, positive_float, positive_int, run_cli, seed_everything
+from mnistgen.utils import (add_common_args, pick_device, positive_float, positive_int, run_cli, seed_everything,
+                            shown)
 
 
 def build_parser():
@@ -34,7 +35,7 @@ def build_parser():
     add_run_args(p, logdir="runs/classifier", save_path="models/classifier.pt", epochs=8, figures=False)
     p.add_argument("--test", action="store_true", help="only print the test accuracy of --load_path")
     p.add_argument("--load_path", default=str(DEFAULT_PATH),
-                   help="checkpoint for --test (default: models/classifier.pt)")
+                   help=f"checkpoint for --test (default: {shown(DEFAULT_PATH)})")
     return add_common_args(p)
 
 
@@ -96,7 +97,7 @@ def main(argv=None):
     device = pick_device(args.device)
     if args.test:
         model = load(args.load_path, device)
-        print(f"test accuracy {100 * accuracy_on_test_set(model, args.data_root):.2f}% ({args.load_path})")
+        print(f"test accuracy {100 * accuracy_on_test_set(model, args.data_root):.2f}% ({shown(args.load_path)})")
         return
     images, labels = load_mnist(train=True, data_root=args.data_root)
     seed_everything(args.seed)  # the initialisation draws from the global RNG
@@ -104,7 +105,7 @@ def main(argv=None):
     start = time.time()
     path = fit(task, run_options(args, KIND, task.total_steps, task.steps_per_epoch))
     acc = accuracy_on_test_set(load(path), args.data_root)
-    print(f"{path}: test accuracy {100 * acc:.2f}% (as saved, fp16) in {(time.time() - start) / 60:.1f} min")
+    print(f"{shown(path)}: test accuracy {100 * acc:.2f}% (as saved, fp16) in {(time.time() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":
