@@ -2,9 +2,11 @@
 samples files, and the shipped checkpoint (slow)."""
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 
 import numpy as np
@@ -190,7 +192,31 @@ def test_eval_writes_the_assignment_format(tiny_run, tmp_path, monkeypatch, caps
     assert "active units" in capsys.readouterr().out
 
 
-# ---------------------------------------------------------------------------------------------- bad inputs (issue 12)
+# ---------------------------------------------------------------------------------------------- the scripts' flags
+
+@pytest.mark.parametrize("script, has, lacks", [
+    ("vae/vae.py", ["--eval", "--load_path", "--num_epochs"], []),
+    ("vae/train.py", ["--num_epochs", "--temperature", "--seed"], ["--eval", "--load_path"]),
+    ("vae/evaluate.py", ["--load_path", "--grid_path", "--seed"], ["--eval", "--num_epochs"]),
+    ("vae/readme_figures.py", ["--figures_dir", "--temperatures"], ["--eval"]),
+])
+def test_every_script_prints_its_flags(script, has, lacks):
+    proc = run_script([script, "--help"])
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+    flags = set(re.findall(r"^  (--\w+)", proc.stdout, re.M))  # the options the help lists
+    assert set(has) <= flags and not set(lacks) & flags
+
+
+def test_the_starter_command_runs_from_inside_its_folder(tmp_path):
+    """`cd vae && python vae.py --eval ...` without the editable install (-S): the script finds the repository's
+    packages itself, and the folder's vae.py does not shadow the package vae."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-S", "vae.py", "--eval", "--load_path", str(tmp_path / "none.pt")],
+                          cwd=REPO_ROOT / "vae", env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "no checkpoint at")
+
+
+# ---------------------------------------------------------------------------------------------- bad inputs
 
 def _tiny_checkpoint(path, edit=None):
     """A valid shipped-form checkpoint of a fresh model, optionally edited: edit(ckpt dict) in place."""
@@ -207,7 +233,7 @@ def _nan_weights(c):
     c["model"] = {k: v * float("nan") for k, v in c["model"].items()}
 
 
-# issue 12's table: each row in a subprocess (exit code 2, one stderr line, no traceback)
+# each row: exit code 2, one stderr line, no traceback
 BAD_CHECKPOINTS = {
     "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
     "config missing a required key": (lambda c: c["config"].pop("latent_size"), "config lacks ['latent_size']"),

@@ -1,21 +1,32 @@
 """Evaluation of the CVAE: `--eval` of vae/vae.py, the main job's `figures`, and the README figures.
 
+    python vae/evaluate.py [--load_path models/vae.pt]   # the same as `python vae/vae.py --eval [flags]`
+
 Every sample set here is the starter's: `generate_samples(model, 1000, device)` after
 `torch.manual_seed(seed)` (its latents come from the global generator, so the seed is set globally).
 """
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
+if __name__ == "__main__":
+    # run as a script: main() of the module vae.evaluate, which the package vae imports too, so that this file
+    # runs once and its functions exist once (as in vae/vae.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's packages, without installing
+    import vae.evaluate
+    vae.evaluate.main()
+    sys.exit()
+
 import torch
 
+from classifier.model import format_score, get_scorer, reference_scores
 from mnistgen.data import batches, load_mnist
 from mnistgen.files import atomic_torch_save, atomic_write, ensure_writable, ensure_writable_dir
-from mnistgen.utils import CsvLog, UserError, plot_curves, save_image_grid
-from vae.vae import SEED, generate_samples, gaussian_nll, kl_divergence, load, one_hot
+from mnistgen.utils import CsvLog, UserError, pick_device, plot_curves, run_cli, save_image_grid
+from vae.vae import (GRID_FILE, SAMPLES_FILE, SEED, add_eval_args, gaussian_nll, generate_samples, kl_divergence,
+                     load, new_parser, one_hot)
 
-SAMPLES_FILE = "vae_generated_samples.pt"  # the starter's --eval output, in the current folder
-GRID_FILE = "vae_generated_samples.png"
 CHECK_SEED = 1234  # the fixed draws of the per-epoch checks during training (comparable across epochs)
 TEMPERATURES = (1.0, 0.9, 0.8, 0.7, 0.5)
 CURVE_PANELS = {"negative ELBO (nats / image)": ["train_nelbo", "test_nelbo"],
@@ -51,7 +62,6 @@ def test_statistics(model, images, labels, device, generator, batch_size=1000, a
 def try_scorer(device, data_root):
     """The project's classifier-based scorer, or None when models/classifier.pt is not there."""
     try:
-        from classifier.model import get_scorer
         return get_scorer(device, data_root)
     except UserError:
         return None
@@ -74,6 +84,12 @@ def starter_samples(model, device, seed):
 
 # ---------------------------------------------------------------------------------------------- --eval
 
+@run_cli
+def main(argv=None):
+    args = add_eval_args(new_parser(__doc__)).parse_args(argv)
+    return run_eval(args, pick_device(args.device))
+
+
 def run_eval(args, device):
     """vae_generated_samples.pt (current folder) and the grid of --load_path, its test-set statistics and,
     when models/classifier.pt is there, the classifier's figures with the real-data floor and the collapsed
@@ -94,7 +110,6 @@ def run_eval(args, device):
     if scorer is None:
         print("classifier checkpoint models/classifier.pt not found: accuracy and FID skipped")
         return samples
-    from classifier.model import format_score, reference_scores
     print("samples\n  " + format_score(scorer.score(samples["imgs"], samples["labels"])))
     refs = reference_scores(scorer, args.data_root)
     print("reference: 10,000 real training images (floor)\n  " + format_score(refs["real"]))
@@ -106,7 +121,6 @@ def figures(model, device, data_root=None):
     """The main job's numbers for a loaded CVAE: accuracy and per-class FID of the 10,000 samples of
     `--eval` (seed 42), and the per-class FID of the two references (10,000 real training images: the
     floor; 10 test images per class, each x100: collapsed)."""
-    from classifier.model import get_scorer, reference_scores
     samples = starter_samples(model, device, SEED)
     scorer = get_scorer(device, data_root)
     score = scorer.score(samples["imgs"], samples["labels"])

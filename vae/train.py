@@ -1,4 +1,6 @@
-"""Training of the CVAE through the project's scaffold (mnistgen.training), called by `python vae/vae.py`.
+"""Training of the CVAE through the project's scaffold (mnistgen.training).
+
+    python vae/train.py [flags]    # the same as `python vae/vae.py [flags]` (the starter's command), without --eval
 
 Per step: the negative ELBO with a linear KL warm-up, Adam at a cosine-decayed learning rate. Per epoch:
 the test-set statistics, a 10x10 grid (run folder grids/), and, when the classifier is shipped, a check
@@ -7,16 +9,22 @@ of 100 samples per class whose fp16 weights are kept as a snapshot (run folder s
 samples of `--eval` and the winner is shipped.
 """
 import math
+import sys
+from pathlib import Path
 
 import torch
+
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.checkpoint import half_state, load_checkpoint, load_state, save_checkpoint
 from mnistgen.data import batches, load_mnist
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
-from mnistgen.utils import CsvLog, save_image_grid, seed_everything
+from mnistgen.utils import CsvLog, pick_device, run_cli, save_image_grid, seed_everything
 from vae.evaluate import (CHECK_SEED, CURVE_PANELS, readme_figures, sample_check, starter_samples,
                           test_statistics, try_scorer)
-from vae.vae import DEFAULT_LOGDIR, IMG_SIZE, KIND, LABEL_SIZE, LATENT_SIZE, VAEConfig, build, negative_elbo, one_hot
+from vae.vae import (DEFAULT_LOGDIR, IMG_SIZE, KIND, LABEL_SIZE, LATENT_SIZE, VAEConfig, add_train_args, build,
+                     negative_elbo, new_parser, one_hot)
 
 MIN_LR_SCALE = 0.05  # the cosine schedule ends at 5% of the peak rate: the last epochs average out gradient noise
 
@@ -54,6 +62,7 @@ class VAETask(Task):
         progress = min(step, self.total_steps) / self.total_steps
         return MIN_LR_SCALE + (1 - MIN_LR_SCALE) * 0.5 * (1 + math.cos(math.pi * progress))
 
+    # homework: the training step (negative ELBO, Adam)
     def train_step(self, batch):
         x, y = batch
         self.model.train()
@@ -79,7 +88,8 @@ class VAETask(Task):
                 self.model, self.scorer, self.args.check_per_class, self.device)
             save_checkpoint(snapshot_path(run_dir, step), KIND, self.config,
                             model=half_state(self.model.state_dict()), epoch=epoch, step=step)
-        save_image_grid(self.model.sample(self.grid_latent, self.grid_label), run_dir / "grids" / f"epoch_{epoch:03d}.png")
+        save_image_grid(self.model.sample(self.grid_latent, self.grid_label),
+                        run_dir / "grids" / f"epoch_{epoch:03d}.png")
         return metrics
 
     def finalize(self, best_path, run_dir):
@@ -133,3 +143,13 @@ def train(args, device):
     seed_everything(args.seed)  # the initial weights (a resumed run reloads its own state and RNGs)
     task = VAETask(config, args, train_data, test_data, scorer, device)
     return fit(task, opts)
+
+
+@run_cli
+def main(argv=None):
+    args = add_train_args(new_parser(__doc__)).parse_args(argv)
+    return train(args, pick_device(args.device))
+
+
+if __name__ == "__main__":
+    main()

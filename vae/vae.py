@@ -1,17 +1,17 @@
-"""Class-conditional VAE on MNIST (Problem 3 of the homework).
+"""Class-conditional VAE on MNIST (Problem 3 of the homework): the starter's file, with the model, its loss,
+`generate_samples` and the command line.
 
-    python vae/vae.py                                   # train; defaults reproduce models/vae.pt
+    python vae/vae.py                                   # train; defaults reproduce models/vae.pt's recipe
     python vae/vae.py --eval --load_path models/vae.pt  # write vae_generated_samples.pt + grid, score them
 
 Model: q(z|x,y) = N(mu, diag(exp(z_logstd))^2) and p(x|z,y) = N(decoder(z,y), exp(recon_logstd)^2 I)
 with a learned scalar `recon_logstd`; prior p(z) = N(0, I). The loss is the negative ELBO in nats
 per image, -E_q[log p(x|z,y)] + KL(q(z|x,y) || p(z)), with the KL in closed form (Kingma &
 Welling, 2014, appendix B). A learned decoder variance weighs the squared error by 1/(2 sigma^2)
-with sigma fitted to the data (Rybkin et al., 2021, "calibrated decoders"), which gives far
-sharper decoder means than a fixed sigma = 1 or a Bernoulli (BCE) decoder.
+with sigma fitted to the data (Rybkin et al., 2021, "calibrated decoders"), which gives sharper
+decoder means than a fixed sigma = 1 or a Bernoulli (BCE) decoder.
 
-This file is the starter's: the model, its loss, `generate_samples` and `main()`. The training loop
-is vae/train.py (a Task of mnistgen.training), `--eval` and the main job's figures are vae/evaluate.py.
+The training loop is vae/train.py, `--eval` and the figures are vae/evaluate.py; both import this file.
 """
 import argparse
 import dataclasses
@@ -20,13 +20,18 @@ import sys
 from pathlib import Path
 from typing import Tuple
 
+if __name__ == "__main__":
+    # `python vae/vae.py` runs this file as __main__, and train.py / evaluate.py import it as vae.vae: the file
+    # would run twice and every class exist twice. So the script runs main() of vae.vae and stops here.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's packages, without installing
+    import vae.vae
+    vae.vae.main()
+    sys.exit()
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-if not __package__:  # run as a script: make the repository's packages importable without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.checkpoint import load_model
 from mnistgen.training import add_run_args
@@ -40,6 +45,8 @@ KIND = "vae"
 DEFAULT_PATH = MODELS_DIR / "vae.pt"
 DEFAULT_LOGDIR = REPO_ROOT / "runs" / "vae"
 CHECKPOINT_NAMES = ("vae.pt", "shipped.pt", "best.pt")  # looked for when a folder (e.g. a run folder) is given
+SAMPLES_FILE = "vae_generated_samples.pt"  # the starter's --eval output, in the current folder
+GRID_FILE = "vae_generated_samples.png"    # --eval's 10x10 grid of those samples, beside them
 SEED = 42  # the starter's --seed: the samples of --eval, of the finalists' re-scoring and of the main job
 # the starter's main(): label_dim = 10, img_dim = (1, 28, 28), latent_dim = 100
 IMG_SIZE, LABEL_SIZE, LATENT_SIZE = (1, 28, 28), 10, 100
@@ -68,6 +75,7 @@ class VAEConfig:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
 
 
+# homework: the CVAE (the starter fixes its layers; how the input fcs join the trunk and recon_logstd are ours)
 class CVAE(nn.Module):
     """The starter's class and fixed architecture. The image (or latent) fc and the label fc are
     concatenated and passed through a ReLU before the trunk: without it the input fcs and the trunk's
@@ -106,14 +114,15 @@ class CVAE(nn.Module):
             nn.Linear(2 * self.hidden_size, 2 * self.hidden_size), nn.ReLU(),
             nn.Linear(2 * self.hidden_size, int(np.prod(self.img_size))), nn.Sigmoid(),
         )
-        # log std of the Gaussian p(x|z,y): one learned scalar shared by all pixels (a per-pixel std would
-        # shrink without bound on the always-black border pixels, their log-density -> +inf). Training
-        # starts it at --recon_logstd_init.
+        # homework: recon_logstd, the log std of the Gaussian p(x|z,y): one learned scalar shared by all pixels
+        # (a per-pixel std would shrink without bound on the always-black border pixels, their log-density
+        # -> +inf). Training starts it at --recon_logstd_init.
         self.recon_logstd = nn.Parameter(torch.zeros(()))
         # std of the prior draws inside `sample` (VAEConfig.temperature; a plain attribute, not a buffer,
         # so that the state_dict keeps exactly the starter's keys)
         self.temperature = 1.0
 
+    # homework: encode, decode and sample
     def encode(self, batch_img, batch_label):
         """img (B, C, H, W) or (B, C*H*W), one-hot label (B, label_size) -> (z mean, z log std), each (B, latent)."""
         h = torch.cat([self.enc_img_fc(batch_img.reshape(len(batch_img), -1)), self.enc_label_fc(batch_label)], 1)
@@ -165,6 +174,7 @@ def load(path=DEFAULT_PATH, device="cpu"):
 
 
 # ---------------------------------------------------------------------------------------------- loss
+# homework: the loss, the negative ELBO (the training loop that minimises it is vae/train.py)
 
 def one_hot(labels, device):
     return F.one_hot(labels, 10).float().to(device)
@@ -193,13 +203,19 @@ def negative_elbo(model, img, label, kl_weight=1.0):
     return loss, stats
 
 
-# ---------------------------------------------------------------------------------------------- script
+# ---------------------------------------------------------------------------------------------- command line
+# The flags are defined here, with the starter's script; vae/train.py and vae/evaluate.py take their share of them.
 
-def parse_args(argv=None):
-    p = add_common_args(argparse.ArgumentParser(description=__doc__,
+def new_parser(description):
+    """A parser with the flags of every VAE command: --seed, --device, --data_root."""
+    p = add_common_args(argparse.ArgumentParser(description=description,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--seed", type=int, default=SEED, help=f"random seed (training, and the samples of --eval) "
                                                           f"(default: {SEED})")
+    return p
+
+
+def add_train_args(p):
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help="peak Adam learning rate, cosine-decayed to 5%% (default: 1e-3)")
     p.add_argument("--batch_size", type=positive_int, default=128, help="mini-batch size (default: 128)")
@@ -220,28 +236,36 @@ def parse_args(argv=None):
     p.add_argument("--min_accuracy", type=probability, default=0.99,
                    help="a finalist is eligible for shipping when the accuracy of its 10,000 samples reaches this "
                         "(default: 0.99)")
-    p.add_argument("--eval", action="store_true",
-                   help="write vae_generated_samples.pt (1,000 per class, in the current folder) and a grid from "
-                        "--load_path, and score them, instead of training")
+    return p
+
+
+def add_eval_args(p):
     p.add_argument("--load_path", default=str(DEFAULT_PATH),
                    help="checkpoint for --eval: a file, or a folder holding vae.pt, shipped.pt or best.pt "
                         "(default: models/vae.pt)")
     p.add_argument("--grid_path", default=None,
-                   help="--eval: 10x10 grid of the first 100 samples, column c = class c "
-                        "(default: vae_generated_samples.png in the current folder)")
-    return p.parse_args(argv)
+                   help=f"--eval: 10x10 grid of the first 100 samples, column c = class c "
+                        f"(default: {GRID_FILE} in the current folder)")
+    return p
+
+
+def parse_args(argv=None):
+    """The starter's command line: training, or --eval."""
+    p = add_train_args(new_parser(__doc__))
+    p.add_argument("--eval", action="store_true",
+                   help=f"write {SAMPLES_FILE} (1,000 per class, in the current folder) and a grid from "
+                        "--load_path, and score them, instead of training")
+    return add_eval_args(p).parse_args(argv)
 
 
 @run_cli
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
+    # Imported here, not at the top: the starter makes this file both the model, which vae/train.py and
+    # vae/evaluate.py import, and the script that runs them.
     if args.eval:
         from vae.evaluate import run_eval
         return run_eval(args, device)
     from vae.train import train
     return train(args, device)
-
-
-if __name__ == "__main__":
-    main()
