@@ -1,13 +1,28 @@
-"""The GAN's evaluation: `--eval` of gan/gan.py (samples file, grid, scores) and `figures` (the main job's numbers)."""
+"""The GAN's evaluation: `--eval` of gan/gan.py (samples file, grid, scores) and `figures` (the main job's numbers).
+
+    python gan/evaluate.py [--load_path models/gan.pt]   # the same as `python gan/gan.py --eval [flags]`
+"""
 import copy
 import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    # run as a script: main() of the module gan.evaluate, which the package gan imports too, so that this file
+    # runs once and its functions exist once (as in gan/gan.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's packages, without installing
+    import gan.evaluate
+    gan.evaluate.main()
+    sys.exit()
 
 import torch
 import torch.nn as nn
 
-from gan.gan import DEFAULT_PATH, SAMPLES_FILE, generate_samples, load
+from classifier.model import DEFAULT_PATH as CLASSIFIER_PATH
+from classifier.model import format_score, get_scorer, reference_scores
+from gan.gan import DEFAULT_PATH, GRID_FILE, SAMPLES_FILE, SEED, add_eval_args, generate_samples, load, new_parser
 from mnistgen.files import atomic_torch_save, ensure_writable
-from mnistgen.utils import save_image_grid
+from mnistgen.utils import pick_device, run_cli, save_image_grid
+
 
 # ---------------------------------------------------------------- sampling and scoring
 @torch.no_grad()
@@ -71,20 +86,18 @@ def train_mode_samples(generator, n_per_class, device, seed):
 
 def classifier_shipped():
     """Whether models/classifier.pt, which scores the samples, is there."""
-    from classifier.model import DEFAULT_PATH as CLASSIFIER_PATH
     return CLASSIFIER_PATH.is_file()
 
 
 def figures(generator, device, data_root=None):
     """The main job's numbers of a generator: the classifier's scores of 10,000 `generate_samples` images
     (seed 42), the same generator without truncation, and the per-class FID of the two references."""
-    from classifier.model import get_scorer, reference_scores
-    samples = seeded_samples(generator, 42, device)
+    samples = seeded_samples(generator, SEED, device)
     scorer = get_scorer(device, data_root)
     score = scorer.score(samples["imgs"], samples["labels"])
     refs = reference_scores(scorer, data_root)
     weakest = min(score["per_class_accuracy"].items(), key=lambda kv: kv[1])
-    untruncated = untruncated_score(generator, scorer, device, seed=42)
+    untruncated = untruncated_score(generator, scorer, device, seed=SEED)
     return dict(truncation=generator.truncation, accuracy=score["accuracy"], fid=score["fid"],
                 class_fid=score["class_fid"], per_class_accuracy=score["per_class_accuracy"],
                 weakest_class=weakest[0], weakest_class_accuracy=weakest[1],
@@ -92,11 +105,17 @@ def figures(generator, device, data_root=None):
                 floor_class_fid=refs["real"]["class_fid"], collapsed_class_fid=refs["collapsed"]["class_fid"])
 
 
+# ---------------------------------------------------------------- --eval
+@run_cli
+def main(argv=None):
+    args = add_eval_args(new_parser(__doc__)).parse_args(argv)
+    return evaluate(args, pick_device(args.device))
+
 
 def evaluate(args, device):
     """The assignment's --eval: gan_generated_samples.pt (1,000 per class, seed --seed) and its grid, then scores."""
     samples_path = ensure_writable(SAMPLES_FILE, "samples file (current folder)")
-    grid_path = ensure_writable(args.grid_path or "gan_grid.png", "grid (--grid_path)")
+    grid_path = ensure_writable(args.grid_path or GRID_FILE, "grid (--grid_path)")
     g = load(args.load_path or DEFAULT_PATH, device)
     if args.truncation is not None:
         g.truncation = args.truncation
@@ -107,7 +126,6 @@ def evaluate(args, device):
     if not classifier_shipped():
         print("models/classifier.pt not found: no scores", file=sys.stderr)
         return None
-    from classifier.model import format_score, get_scorer, reference_scores
     scorer = get_scorer(device, args.data_root)
     score = scorer.score(samples["imgs"], samples["labels"])
     print("generated (eval mode)\n  " + format_score(score))
@@ -122,5 +140,3 @@ def evaluate(args, device):
     print("reference: collapsed (10 test images per class, each x100)\n  " + format_score(refs["collapsed"]))
     print(f"per-class FID / real floor = {score['class_fid'] / refs['real']['class_fid']:.2f}")
     return score
-
-

@@ -1,11 +1,11 @@
 """Class-conditional GAN on MNIST (Problem 4): the starter's fixed MLP generator and discriminator,
 their losses and the command line; training (`gan/train.py`, through the shared scaffold) and evaluation
-(`gan/evaluate.py`: `--eval` and `figures`) live beside it.
+(`gan/evaluate.py`: `--eval` and `figures`) import this file.
 
 Train:     python gan/gan.py                      (defaults = the shipped model; a complete run writes models/gan.pt)
 Evaluate:  python gan/gan.py --eval --load_path models/gan.pt
-           (writes gan_generated_samples.pt, 1,000 samples per class, and the 10x10 grid gan_grid.png in the
-           current folder; prints the classifier's accuracy and per-class FID)
+           (writes gan_generated_samples.pt, 1,000 samples per class, and its 10x10 grid gan_generated_samples.png
+           in the current folder; prints the classifier's accuracy and per-class FID)
 
 Training tricks (none touches the layers or their initialisation): non-saturating generator loss,
 one-sided label smoothing, an exponential moving average (EMA) of the generator's weights, a linear
@@ -18,13 +18,18 @@ import sys
 from pathlib import Path
 from typing import Tuple
 
+if __name__ == "__main__":
+    # `python gan/gan.py` runs this file as __main__, and train.py / evaluate.py import it as gan.gan: the file
+    # would run twice and every class exist twice. So the script runs main() of gan.gan and stops here.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's packages, without installing
+    import gan.gan
+    gan.gan.main()
+    sys.exit()
+
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-if not __package__:  # run as a script: make the repository's packages importable without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mnistgen.checkpoint import load_model
 from mnistgen.training import add_run_args
@@ -33,11 +38,12 @@ from mnistgen.utils import (MODELS_DIR, UserError, add_common_args, nonnegative_
 
 KIND = "gan"
 DEFAULT_PATH = MODELS_DIR / "gan.pt"
+SEED = 42  # the starter's --seed: the samples of --eval and of the main job
 SAMPLES_FILE = "gan_generated_samples.pt"  # the assignment's output of --eval, in the current folder
+GRID_FILE = "gan_generated_samples.png"    # --eval's 10x10 grid of those samples, beside them
 # the starter's sizes: Generator(latent_dim=100, label_dim=10, img_dim=(1, 28, 28)), hidden_size 256
 LATENT_DIM, LABEL_DIM, IMG_DIM, HIDDEN_SIZE = 100, 10, (1, 28, 28), 256
 BETAS = (0.5, 0.999)  # the starter's Adam betas, both nets
-
 
 
 def _init_normal(module, mean=0.0, std=0.02):
@@ -48,6 +54,7 @@ def _init_normal(module, mean=0.0, std=0.02):
             nn.init.zeros_(m.bias)
 
 
+# homework: the generator, its forward pass and `sample` (layers and initialisation fixed by the starter)
 class Generator(nn.Module):
     """G(z, y): z -> fc 256 -> BN -> ReLU; y -> fc 256 -> BN -> ReLU; concat (512) -> fc 512 -> BN -> ReLU
     -> fc 1024 -> BN -> ReLU -> fc 784 -> tanh, reshaped to img_dim. Layer names follow the starter so
@@ -84,6 +91,7 @@ class Generator(nn.Module):
             return ((self.forward(z * self.truncation, label) + 1) / 2).clamp_(0, 1)
 
 
+# homework: the discriminator (layers and initialisation fixed by the starter)
 class Discriminator(nn.Module):
     """D(x, y) in (0, 1): x -> fc 1024 -> LeakyReLU(0.2); y -> fc 1024 -> LeakyReLU(0.2); concat (2048)
     -> fc 512 -> BN -> LeakyReLU(0.2) -> fc 256 -> BN -> LeakyReLU(0.2) -> fc 1 -> sigmoid, squeezed."""
@@ -150,6 +158,7 @@ def load(path=DEFAULT_PATH, device="cpu"):
 
 
 # ---------------------------------------------------------------- losses
+# homework: the losses (the training step that uses them is gan/train.py)
 def _bce(p, target):
     """Binary cross-entropy of probabilities p against a constant target; log clamped like F.binary_cross_entropy."""
     return -(target * p.clamp_min(1e-12).log() + (1 - target) * (1 - p).clamp_min(1e-12).log()).mean()
@@ -175,16 +184,28 @@ def one_hot(labels, n=LABEL_DIM):
     return F.one_hot(labels, n).float()
 
 
+# ---------------------------------------------------------------- command line
+# The flags are defined here, with the starter's script; gan/train.py and gan/evaluate.py take their share of them.
+def new_parser(description):
+    """A parser with the flags of every GAN command: --seed, --truncation, --device, --data_root."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, default=SEED,
+                   help=f"random seed of training and of --eval sampling (default: {SEED})")
+    p.add_argument("--truncation", type=positive_float, default=None,
+                   help="scale of z when sampling (truncation trick): training stores it in the checkpoint and uses it "
+                        f"for the per-epoch scores (default: {GANConfig.truncation}); --eval overrides the "
+                        "checkpoint's value with it (default: the checkpoint's)")
+    return add_common_args(p)
 
-def build_parser():
-    p = argparse.ArgumentParser(description="Class-conditional GAN on MNIST: train (default) or --eval.")
-    p.add_argument("--seed", type=int, default=42, help="random seed of training and of --eval sampling (default: 42)")
+
+def add_train_args(p):
     p.add_argument("--lr", type=positive_float, default=2e-4,
                    help="Adam learning rate of both nets, betas (0.5, 0.999) (default: 2e-4)")
     p.add_argument("--batch_size", type=positive_int, default=128, help="mini-batch size (default: 128)")
     add_run_args(p, logdir="runs/gan", save_path="models/gan.pt", epochs=30)
-    p.add_argument("--lr_decay_epochs", type=nonnegative_int, default=15,
-                   help="linear learning-rate decay towards 0 over this many final epochs; 0: constant (default: 15)")
+    p.add_argument("--lr_decay_epochs", type=nonnegative_int, default=None,
+                   help="linear learning-rate decay towards 0 over this many final epochs; 0: constant "
+                        "(default: half of --num_epochs, 15 of 30)")
     p.add_argument("--ema_decay", type=probability, default=0.999,
                    help="EMA decay of the generator weights that are evaluated and shipped; 0: no EMA (default: 0.999)")
     p.add_argument("--label_smoothing", type=probability, default=0.1,
@@ -193,23 +214,29 @@ def build_parser():
                    help="discriminator updates per generator update (default: 1)")
     p.add_argument("--mismatch", type=nonnegative_float, default=1.0,
                    help="weight of the matching-aware D term: real images with wrong labels count as fake (default: 1)")
-    p.add_argument("--truncation", type=positive_float, default=None,
-                   help="scale of z when sampling (truncation trick): training stores it in the checkpoint and uses it "
-                        f"for the per-epoch scores (default: {GANConfig.truncation}); --eval overrides the "
-                        "checkpoint's value with it (default: the checkpoint's)")
     p.add_argument("--eval_samples", type=positive_int, default=1000,
                    help="samples scored by the classifier after each epoch, a multiple of 10, at least 20 "
                         "(default: 1000)")
     p.add_argument("--min_accuracy", type=probability, default=0.99,
                    help="the kept epoch is the lowest per-class FID among epochs with at least this accuracy "
                         "(default: 0.99)")
-    p.add_argument("--eval", action="store_true",
-                   help=f"write {SAMPLES_FILE} (1,000 per class) and its grid from --load_path and score them")
+    return p
+
+
+def add_eval_args(p):
     p.add_argument("--load_path", default=None, help="--eval: checkpoint to evaluate (default: models/gan.pt)")
     p.add_argument("--grid_path", default=None,
-                   help="--eval: PNG of the first 100 samples, column = class (default: gan_grid.png in the current "
+                   help=f"--eval: PNG of the first 100 samples, column = class (default: {GRID_FILE} in the current "
                         "folder)")
-    return add_common_args(p)
+    return p
+
+
+def build_parser():
+    """The starter's command line: training, or --eval."""
+    p = add_train_args(new_parser("Class-conditional GAN on MNIST: train (default) or --eval."))
+    p.add_argument("--eval", action="store_true",
+                   help=f"write {SAMPLES_FILE} (1,000 per class) and its grid from --load_path and score them")
+    return add_eval_args(p)
 
 
 @run_cli
@@ -219,19 +246,11 @@ def main(argv=None):
         raise UserError("--figures_dir is for training; --eval writes its grid to --grid_path")
     if not args.eval and (args.load_path or args.grid_path):
         raise UserError("--load_path and --grid_path are for --eval; use --resume to continue training")
-    if args.lr_decay_epochs > args.num_epochs:
-        raise UserError(f"--lr_decay_epochs must be between 0 and --num_epochs ({args.num_epochs})")
-    if args.limit is not None and args.limit < args.batch_size:
-        raise UserError(f"--limit ({args.limit}) must be at least --batch_size ({args.batch_size})")
-    if args.eval_samples % 10 or args.eval_samples < 20:
-        raise UserError("--eval_samples must be a multiple of 10, at least 20 (a per-class FID needs two per class)")
     device = pick_device(args.device)
+    # Imported here, not at the top: the starter makes this file both the model, which gan/train.py and
+    # gan/evaluate.py import, and the script that runs them.
     if args.eval:
         from gan.evaluate import evaluate
         return evaluate(args, device)
     from gan.train import train
     return train(args, device)
-
-
-if __name__ == "__main__":
-    main()

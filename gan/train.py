@@ -1,4 +1,7 @@
-"""The GAN's training through the shared scaffold: `GanTask` (`python gan/gan.py` runs it)."""
+"""The GAN's training through the shared scaffold: `GanTask`.
+
+    python gan/train.py [flags]    # the same as `python gan/gan.py [flags]` (the starter's command), without --eval
+"""
 import copy
 import shutil
 import sys
@@ -6,15 +9,35 @@ from pathlib import Path
 
 import torch
 
+if not __package__:  # run as a script: make the repository's packages importable without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from classifier.model import get_scorer
 from gan.evaluate import classifier_shipped, fixed_eval_samples, recalibrate_bn, seeded_samples
-from gan.gan import (BETAS, HIDDEN_SIZE, IMG_DIM, KIND, LABEL_DIM, LATENT_DIM, GANConfig, build, build_discriminator,
-                     d_loss_fn, g_loss_fn, load, one_hot)
+from gan.gan import (BETAS, HIDDEN_SIZE, IMG_DIM, KIND, LABEL_DIM, LATENT_DIM, GANConfig, add_train_args, build,
+                     build_discriminator, d_loss_fn, g_loss_fn, load, new_parser, one_hot)
 from mnistgen.checkpoint import half_state, load_state
+from mnistgen.data import batches, load_mnist
 from mnistgen.files import atomic_write
 from mnistgen.training import Task, fit, run_options
-from mnistgen.utils import save_image_grid, seed_everything
+from mnistgen.utils import UserError, pick_device, run_cli, save_image_grid, seed_everything
 
-# ---------------------------------------------------------------- training
+
+def lr_decay_epochs(args):
+    """--lr_decay_epochs, by default the second half of --num_epochs (the shipped run: the last 15 of 30)."""
+    return args.num_epochs // 2 if args.lr_decay_epochs is None else args.lr_decay_epochs
+
+
+def check_args(args):
+    """Training flags that contradict each other: a one-line error before anything is loaded."""
+    if lr_decay_epochs(args) > args.num_epochs:
+        raise UserError(f"--lr_decay_epochs must be between 0 and --num_epochs ({args.num_epochs})")
+    if args.limit is not None and args.limit < args.batch_size:
+        raise UserError(f"--limit ({args.limit}) must be at least --batch_size ({args.batch_size})")
+    if args.eval_samples % 10 or args.eval_samples < 20:
+        raise UserError("--eval_samples must be a multiple of 10, at least 20 (a per-class FID needs two per class)")
+
+
 def epoch_rank(score, min_accuracy):
     """Keep-the-best key, lower is better: epochs at >= min_accuracy come first, the lowest per-class FID
     among them; before any epoch reaches min_accuracy, the most accurate one."""
@@ -39,6 +62,7 @@ class GanTask(Task):
         self.config, self.args, self.device, self.scored = config, args, device, scored
         self.images, self.labels = images * 2 - 1, labels  # the generator's tanh range
         self.steps_per_epoch = len(images) // args.batch_size
+        self.decay_epochs = lr_decay_epochs(args)
         self.g, self.d = build(config).to(device), build_discriminator(config).to(device)
         self.g_ema = copy.deepcopy(self.g).eval().requires_grad_(False)
         self.modules = dict(g=self.g, d=self.d)
@@ -47,13 +71,13 @@ class GanTask(Task):
         self.curve_panels = CURVE_PANELS if scored else {k: CURVE_PANELS[k] for k in ("losses", "discriminator")}
 
     def batches(self, epoch, generator):
-        from mnistgen.data import batches
         return batches(self.images, self.labels, self.args.batch_size, generator=generator, drop_last=True)
 
     def fake(self, labels):
         z = torch.randn(len(labels), self.g.latent_dim, device=self.device)
         return self.g(z, one_hot(labels, self.g.label_dim))
 
+    # homework: the training step (D update, then G update)
     def train_step(self, batch):
         real, labels = (t.to(self.device) for t in batch)
         args, n_labels = self.args, self.d.label_dim
@@ -90,14 +114,13 @@ class GanTask(Task):
 
     def lr_scale(self, step):
         """Constant, then a linear decay towards 0 over the last --lr_decay_epochs epochs."""
-        epoch, epochs, decay = step // self.steps_per_epoch, self.args.num_epochs, self.args.lr_decay_epochs
+        epoch, epochs, decay = step // self.steps_per_epoch, self.args.num_epochs, self.decay_epochs
         return 1.0 if epoch < epochs - decay else (epochs - epoch) / (decay + 1)
 
     def evaluate(self, step, run_dir):
         recalibrate_bn(self.g_ema, self.device)
         metrics = {}
         if self.scored:
-            from classifier.model import get_scorer
             imgs, labels = fixed_eval_samples(self.g_ema, self.args.eval_samples // 10, self.device)
             with torch.random.fork_rng():  # the first call builds the scorer, whose CNN draws an initialisation
                 score = get_scorer(self.device, self.args.data_root).score(imgs, labels)
@@ -129,7 +152,7 @@ class GanTask(Task):
 
 
 def train(args, device):
-    from mnistgen.data import load_mnist
+    check_args(args)
     truncation = GANConfig.truncation if args.truncation is None else args.truncation
     config = GANConfig(LATENT_DIM, LABEL_DIM, IMG_DIM, HIDDEN_SIZE, truncation)
     images, labels = load_mnist(train=True, data_root=args.data_root)
@@ -142,3 +165,11 @@ def train(args, device):
     return fit(task, run_options(args, KIND, args.num_epochs * task.steps_per_epoch, task.steps_per_epoch))
 
 
+@run_cli
+def main(argv=None):
+    args = add_train_args(new_parser(__doc__)).parse_args(argv)
+    return train(args, pick_device(args.device))
+
+
+if __name__ == "__main__":
+    main()
