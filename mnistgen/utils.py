@@ -66,13 +66,18 @@ def _one_line_error(parser, message):
     sys.exit(2)
 
 
-def add_common_args(parser, dashed_aliases=False):
-    """The flags every script shares, one-line errors for bad flags, and the usage line's command as typed
-    (unless the script set `prog`). dashed_aliases=True also accepts each flag spelled with dashes
-    (--data-root), for a script whose own flags keep a skeleton's dashes."""
+def one_line_errors(parser):
+    """`parser` with the usage line's command as typed (unless the script set `prog`) and one-line errors."""
     if parser.prog == os.path.basename(sys.argv[0]):  # argparse's default: the file name without its folder
         parser.prog = program_name()
     parser.error = functools.partial(_one_line_error, parser)
+    return parser
+
+
+def add_common_args(parser, dashed_aliases=False):
+    """The flags every script shares, and `one_line_errors`. dashed_aliases=True also accepts each flag
+    spelled with dashes (--data-root), for a script whose own flags keep a skeleton's dashes."""
+    one_line_errors(parser)
     parser.add_argument(*flag_names("--device", dashed_aliases), default="auto", choices=["auto", "cpu", "cuda", "mps"],
                         help="where to run: auto picks CUDA, then MPS, then CPU (default: auto)")
     parser.add_argument(*flag_names("--data_root", dashed_aliases), default=None,

@@ -149,3 +149,10 @@ def test_shared_flags_take_dashed_aliases_when_asked():
     plain = add_common_args(argparse.ArgumentParser())
     with pytest.raises(SystemExit):
         plain.parse_args(["--data-root", "d"])
+
+
+def test_mnist_command_reports_a_bad_flag_in_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        data.main(["--bogus"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: unrecognized arguments")
