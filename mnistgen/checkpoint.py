@@ -18,6 +18,7 @@ import torch
 
 from mnistgen.files import atomic_torch_save
 from mnistgen.errors import UserError
+from mnistgen.paths import MODELS_DIR, MODELS_ENV
 
 FORMAT = 1
 
@@ -38,10 +39,18 @@ def resolve_path(path, names=()):
         for name in names:
             if (path / name).is_file():
                 return path / name
-        raise CheckpointError(f"no checkpoint in folder {path} (looked for {', '.join(names) or 'nothing'})")
+        raise CheckpointError(f"no checkpoint in folder {path} (looked for {', '.join(names) or 'nothing'})"
+                              + _models_hint(path))
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}" + _models_hint(path.parent))
     return path
+
+
+def _models_hint(folder):
+    """How to point at the shipped models, when `folder` is their default folder (a wheel install has none)."""
+    if Path(folder).absolute() != MODELS_DIR:
+        return ""
+    return f"; set ${MODELS_ENV} to the folder of the shipped checkpoints (models/ of the repository)"
 
 
 def _load_failure(err):

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO_ROOT, assert_one_line_error, run_script
 from mnistgen import data, paths
+from mnistgen.checkpoint import CheckpointError, load_checkpoint
 from mnistgen.training import add_run_args
 from mnistgen.utils import add_common_args, program_name
 
@@ -104,6 +105,14 @@ def test_report_without_models_says_where_it_looked_and_how_to_point_it(tmp_path
     proc = run_script(["-m", "report", "--models_dir", str(tmp_path / "nowhere")])
     assert_one_line_error(proc, str(tmp_path / "nowhere"))
     assert "--models_dir" in proc.stderr and f"${paths.MODELS_ENV}" in proc.stderr
+
+
+def test_a_missing_shipped_checkpoint_says_how_to_point_at_the_models():
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*nothing\.pt; set \$MNISTGEN_MODELS"):
+        load_checkpoint(paths.MODELS_DIR / "nothing.pt", "vae")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(REPO_ROOT / "nothing.pt", "vae")
+    assert paths.MODELS_ENV not in str(err.value)
 
 
 def test_report_usage_names_the_command():
