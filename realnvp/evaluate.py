@@ -22,7 +22,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import sample_quality
 from mnistgen.data import load_mnist
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, take_first
+from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, nonnegative_int, run_cli, take_first
 from realnvp.realnvp import (DEFAULT_PATH, MULTISCALE_PATH, draw_samples, evaluate_bpd, inpaint_mse, is_split, load,
                              masked_inputs, nearest_neighbour, run_inpainting)
 
@@ -37,26 +37,33 @@ def recorded_paths(name):
 
 
 def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
-    """{'test_bpd': bits/dim on the 10,000 test images, 'num_images': N, 'inpaint_mse': masked-half MSE of
-    the protocol (seed 0) on the first N test images, 'nn_mse': the nearest-neighbour baseline's on the same
-    images, 'recorded': `recorded()`, 'samples': the classifier's dict(confidence, counts, fid) of NUM_SAMPLES
-    samples at temperature 1.0 (or 'samples_unavailable': why not)}. About a minute on a 2-core CPU."""
+    """{'test_bpd': bits/dim on the 10,000 test images, 'recorded': `recorded()` of the shipped checkpoint of the
+    model's architecture, 'samples': the classifier's dict(confidence, counts, fid) of NUM_SAMPLES samples at
+    temperature 1.0 (or 'samples_unavailable': why not), and unless num_images is 0: 'num_images': N,
+    'inpaint_mse': masked-half MSE of the protocol (seed 0) on the first N test images, 'nn_mse': the
+    nearest-neighbour baseline's on the same images}."""
     model = model.to(device).eval()
     test_images = load_mnist(train=False, data_root=data_root)[0]
-    images = take_first(test_images, num_images, "test images")
-    bpd = evaluate_bpd(model, test_images)
-    raw, corrupted, mask = masked_inputs(images, torch.Generator().manual_seed(0))
-    with tempfile.TemporaryDirectory() as savedir:
-        recovered = run_inpainting(model, corrupted, mask, savedir)
-    baseline = nearest_neighbour(raw, load_mnist(train=True, data_root=data_root)[0])
-    numbers = dict(test_bpd=bpd, num_images=len(images), inpaint_mse=inpaint_mse(recovered, raw)["masked"],
-                   nn_mse=inpaint_mse(baseline, raw)["masked"], num_samples=NUM_SAMPLES,
-                   recorded=recorded(recorded_paths(DEFAULT_PATH.stem if is_split(model) else MULTISCALE_PATH.stem)))
+    name = (DEFAULT_PATH if is_split(model) else MULTISCALE_PATH).stem
+    numbers = dict(test_bpd=evaluate_bpd(model, test_images), num_samples=NUM_SAMPLES,
+                   recorded=recorded(recorded_paths(name)))
+    if num_images:
+        numbers.update(live_inpainting(model, take_first(test_images, num_images, "test images"), data_root))
     try:
         numbers["samples"] = sample_quality(draw_samples(model, NUM_SAMPLES), device, data_root)
     except UserError as err:  # no classifier yet
         numbers["samples_unavailable"] = str(err)
     return numbers
+
+
+def live_inpainting(model, images, data_root=None):
+    """{'num_images', 'inpaint_mse', 'nn_mse'}: the protocol (seed 0) and the nearest-neighbour baseline on `images`."""
+    raw, corrupted, mask = masked_inputs(images, torch.Generator().manual_seed(0))
+    with tempfile.TemporaryDirectory() as savedir:
+        recovered = run_inpainting(model, corrupted, mask, savedir)
+    baseline = nearest_neighbour(raw, load_mnist(train=True, data_root=data_root)[0])
+    return dict(num_images=len(images), inpaint_mse=inpaint_mse(recovered, raw)["masked"],
+                nn_mse=inpaint_mse(baseline, raw)["masked"])
 
 
 def recorded(paths):
@@ -77,15 +84,16 @@ def main(argv=None):
     p = add_common_args(argparse.ArgumentParser(description=__doc__,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--load_path", default=str(DEFAULT_PATH), help="checkpoint (default: models/realnvp.pt)")
-    p.add_argument("--num_images", type=positive_int, default=LIVE_IMAGES,
-                   help=f"test images inpainted live (default: {LIVE_IMAGES})")
+    p.add_argument("--num_images", type=nonnegative_int, default=LIVE_IMAGES,
+                   help=f"test images inpainted live, 0 for none (default: {LIVE_IMAGES})")
     args = p.parse_args(argv)
     start = time.time()
     device = pick_device(args.device)
     res = figures(load(args.load_path, device), device, args.data_root, args.num_images)
     print(f"test bits/dim (10,000 test images): {res['test_bpd']:.3f}")
-    print(f"inpainting MSE, masked half, first {res['num_images']} test images: {res['inpaint_mse']:.4f} "
-          f"(NN baseline {res['nn_mse']:.4f})")
+    if "inpaint_mse" in res:
+        print(f"inpainting MSE, masked half, first {res['num_images']} test images: {res['inpaint_mse']:.4f} "
+              f"(NN baseline {res['nn_mse']:.4f})")
     for split, rec in res["recorded"].items():
         base = f", NN baseline {rec['nn_mse']:.4f}" if "nn_mse" in rec else ""
         print(f"inpainting MSE, masked half, {rec['num_images']} {split} images (recorded by inpainting.py): "

@@ -437,6 +437,7 @@ def test_evaluate_figures_are_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "NUM_SAMPLES", 20)
     res = figures(load(tiny_model(tmp_path)), "cpu", num_images=2)
     assert res["num_images"] == 2 and all(isinstance(res[k], float) for k in ("test_bpd", "inpaint_mse", "nn_mse"))
+    assert "inpaint_mse" not in figures(load(tiny_model(tmp_path)), "cpu", num_images=0)   # no live protocol
     assert set(res["samples"]) == {"confidence", "counts", "fid"} and sum(res["samples"]["counts"]) == 20
     for rec in res["recorded"].values():
         assert isinstance(rec["num_images"], int) and isinstance(rec["mse"], float)
@@ -534,8 +535,7 @@ def test_bad_checkpoint_in_train_eval_is_one_line(tmp_path, fault):
     ("realnvp/inpainting.py", ["--json", "{tmp}/file.txt/r.json"], "cannot write"),
     ("realnvp/inpainting.py", ["--figure", "{tmp}/file.txt/f.png"], "cannot write"),
     ("realnvp/evaluate.py", ["--num_images", "99999999"], "--num_images 99999999 exceeds the 10000 test images"),
-    ("realnvp/evaluate.py", ["--num_images", "0"], "argument --num_images: expected a positive integer, got 0"),
-    ("realnvp/evaluate.py", ["--num_images", "-5"], "argument --num_images: expected a positive integer, got -5"),
+    ("realnvp/evaluate.py", ["--num_images", "-5"], "argument --num_images: expected an integer >= 0, got -5"),
     ("realnvp/sample.py", ["--temperature", "0"], "argument --temperature: expected a finite number > 0, got 0"),
     ("realnvp/sample.py", ["--figure", "{tmp}/file.txt/s.png"], "cannot write"),
     ("realnvp/sample.py", ["--load_path", "{tmp}/none.pt"], "none.pt"),
