@@ -6,8 +6,8 @@ the same layers, each shipped for its own job (`build(RealNVPConfig(arch=...))` 
   a squeeze (a fixed permutation, (C, H, W) -> (4C, H/2, W/2)), channel couplings, then half of the
   channels are factored out (they stay in the tail of the vector untouched and go straight to the prior).
 - "split" (models/realnvp.pt, for the graders' bottom-half inpainting): the skeleton's half-mask
-  CouplingLayer makes p(bottom half | top half) a Gaussian in logit space, optional couplings of the
-  bottom half given the top refine it, and a multi-scale flow models the top half (`_split_modules`).
+  CouplingLayer makes p(bottom half | top half) a Gaussian in logit space, and a multi-scale flow
+  models the top half (`_split_modules`).
 
 Every module maps a flat batch (B, 784) to (B, 784) and its `forward(inputs, mode)` returns
 `(outputs, logdet)` with logdet of shape (B, 1): 'direct' is x -> z, 'inverse' is z -> x.
@@ -43,7 +43,7 @@ LO, HI = 0.0001, 0.9999
 @dataclasses.dataclass
 class RealNVPConfig:
     """The flow's constructor settings; `arch` picks the architecture, each reads only its fields (ARCH_FIELDS).
-    The defaults are those of the first shipped split flow (older checkpoints store only some fields)."""
+    The defaults are the shipped split flow's."""
     arch: str = "split"                   # split or multiscale (module docstring)
     hidden: Tuple[int, ...] = (16, 48)    # channels of the coupling nets, one per resolution
     res_blocks: int = 1                   # residual blocks per coupling net
@@ -51,9 +51,6 @@ class RealNVPConfig:
     channel: Tuple[int, ...] = (2,)       # channel couplings after each squeeze
     bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
     num_hidden: int = 512                 # split: hidden units of the bottom half's Gaussian coupling
-    bottom_couplings: int = 0             # split: conv couplings of the bottom half given the top (0: Gaussian)
-    bottom_hidden: int = 32               # split: channels of their nets
-    bottom_context: int = 14              # split: rows of the top half their nets see
 
     def __post_init__(self):
         if self.arch not in ARCH_FIELDS:
@@ -66,12 +63,11 @@ class RealNVPConfig:
 
 # The fields each architecture reads, and its resolutions (multiscale: 28x28, 14x14, 7x7; split: the top
 # half at 14x28, 7x14).
-ARCH_FIELDS = {"split": ("hidden", "res_blocks", "checker", "channel", "bn_momentum", "num_hidden", "bottom_couplings",
-                         "bottom_hidden", "bottom_context"),
+ARCH_FIELDS = {"split": ("hidden", "res_blocks", "checker", "channel", "bn_momentum", "num_hidden"),
                "multiscale": ("hidden", "res_blocks", "checker", "channel", "bn_momentum")}
 LEVELS = {"multiscale": 3, "split": 2}
 # `python realnvp/train.py --arch A` trains PRESETS[A]: the shipped checkpoints' architectures.
-PRESETS = {"split": RealNVPConfig(bottom_couplings=4, bottom_hidden=8, bottom_context=4),
+PRESETS = {"split": RealNVPConfig(),
            "multiscale": RealNVPConfig(arch="multiscale", hidden=(12, 48, 96), checker=(3, 3, 4), channel=(3, 3))}
 SHIPPED_PATHS = {"split": DEFAULT_PATH, "multiscale": MULTISCALE_PATH}
 
@@ -222,51 +218,6 @@ class ConvCouplingLayer(nn.Module):
         return torch.cat([y.flatten(1), rest], dim=1), logdet
 
 
-class BottomCouplingLayer(nn.Module):
-    """Affine coupling of the bottom half (rows 14-27) given the top half and half of the bottom itself.
-
-    The bottom pixels where the checkerboard `parity` is 1 pass through; the others get z = x * exp(s) + t.
-    t comes from a conv net that sees the last `context_rows` rows of the top half and the passing bottom
-    pixels (zeros elsewhere) plus the indicator of what it sees; s from a net that sees only those top rows.
-    So the layer's log-det does not depend on the bottom half, and with the top fixed log p(bottom | top) =
-    log N(z_bottom) + a constant has a single critical point, the image of z_bottom = 0 (`bottom_mode`): the
-    only point the inpainting's gradient ascent can converge to. Starts as the identity."""
-
-    def __init__(self, num_inputs, parity, hidden, res_blocks=1, context_rows=14):
-        super().__init__()
-        self.num_inputs = num_inputs
-        # The top's distant rows reach the bottom through the Gaussian stage's MLP; every row the nets do not
-        # see is time saved in the inpainting's 1,000 steps.
-        self.first_row = 14 - context_rows
-        rows = 28 - self.first_row
-        seen = torch.ones(1, rows, 28)
-        seen[:, context_rows:] = checkerboard((1, 14, 28), parity)
-        self.register_buffer("seen", seen)
-        top = torch.zeros(1, rows, 28)
-        top[:, :context_rows] = 1
-        self.register_buffer("top", top)
-        self.net = _ResNet(2, hidden, 1, res_blocks)
-        self.scale_net = _ResNet(2, hidden // 2, 1, res_blocks)
-        self.scale = nn.Parameter(torch.ones(1, 1, 1))
-
-    def _s_t(self, image):
-        def net_in(visible):
-            return torch.cat([image * visible, visible.expand_as(image)], dim=1)
-        raw_s, t = self.scale_net(net_in(self.top)), self.net(net_in(self.seen))
-        free = 1 - self.seen
-        return (self.scale * torch.tanh(raw_s) * free).flatten(1), (t * free).flatten(1)
-
-    def forward(self, inputs, mode="direct", **kwargs):
-        start = self.first_row * 28
-        fixed, x = inputs[:, :start], inputs[:, start:]   # rows the nets do not see are not changed either
-        log_s, t = self._s_t(x.view(-1, 1, 28 - self.first_row, 28))
-        if mode == "direct":
-            y, logdet = x * torch.exp(log_s) + t, log_s.sum(-1, keepdim=True)
-        else:
-            y, logdet = (x - t) * torch.exp(-log_s), -log_s.sum(-1, keepdim=True)
-        return torch.cat([fixed, y], dim=1), logdet
-
-
 class FlowSequential(nn.Sequential):
     """A sequence of flow layers with a standard-normal prior on the output."""
 
@@ -411,16 +362,14 @@ def _split_modules(c, num_inputs=NUM_INPUTS):
 
     First (data side) the skeleton's CouplingLayer with the first/second-half mask: the bottom half's
     logits become u = x_bottom * exp(s(top)) + t(top), a Gaussian p(bottom | top) whose mean and scale the
-    MLP nets predict from the top half; `bottom_couplings` BottomCouplingLayers then make it non-Gaussian
-    while keeping a single maximum. The top half (the 14x28 active prefix) gets a multi-scale flow, which
-    changes the bottom's coordinates only by its batch norms' elementwise affine maps.
+    MLP nets predict from the top half. The top half (the 14x28 active prefix) gets a multi-scale flow, which
+    changes the bottom's coordinates only by its batch norms' elementwise affine maps. So with the top fixed,
+    log p is a concave quadratic in the bottom logits, and the skeleton's gradient ascent converges to the
+    predicted conditional mean instead of a spurious mode.
     """
     top = torch.zeros(num_inputs)
     top[: num_inputs // 2] = 1
     modules = [CouplingLayer(num_inputs, c.num_hidden, top), BatchNormFlow(num_inputs, c.bn_momentum)]
-    for k in range(c.bottom_couplings):
-        modules += [BottomCouplingLayer(num_inputs, k % 2, c.bottom_hidden, c.res_blocks, c.bottom_context),
-                    BatchNormFlow(num_inputs, c.bn_momentum)]
     modules += _multiscale_modules(c.hidden, c.res_blocks, c.checker, c.channel, c.bn_momentum, num_inputs,
                                    shape=(1, 14, 28))
     gaussian = modules[0]   # initialised after every layer is built, so the random draws keep their order
@@ -553,43 +502,24 @@ def is_split(model):
     return isinstance(first, CouplingLayer) and bool(first.mask[:HALF].all()) and not first.mask[HALF:].any()
 
 
-def _bottom_stage_end(layers):
-    """Index of a split flow's first top-half layer: the layers before it (the Gaussian stage and the bottom
-    couplings) are the ones that model the bottom half given the top."""
-    return next(i for i, m in enumerate(layers) if isinstance(m, ConvCouplingLayer))
-
-
-def _mode_from_stage(layers, end, stage_out):
-    """bottom_mode, given the bottom stage's output for the top half in question."""
-    # The top-half flow changes the bottom's coordinates only by its batch norms' elementwise affine maps:
-    # carry z_bottom = 0 back through them, then through the bottom stage with the given top half.
-    tail = stage_out.new_zeros(stage_out.shape)
-    for m in reversed(layers[end:]):
-        if isinstance(m, BatchNormFlow):
-            tail = m(tail, "inverse")[0]
-    h = torch.cat([stage_out[:, :HALF], tail[:, HALF:]], dim=1)
-    for m in reversed(layers[:end]):
-        h = m(h, "inverse")[0]
-    return h[:, HALF:]
-
-
 def bottom_mode(model, logits):
-    """The bottom-half logits (B, 392) at which a split flow's log p(bottom | top) is largest, for the top half of
-    `logits` (B, 784): the inverse of z_bottom = 0. It is the only critical point, so the one the inpainting's
-    gradient ascent can converge to, when every bottom coupling's scale reads the top half only (bottom_scale "top").
-    Differentiable; in training mode the batch norms use the statistics of the last direct pass."""
-    layers = list(model)
-    end = _bottom_stage_end(layers)
-    h = logits
-    for m in layers[:end]:
-        h = m(h, "direct")[0]
-    return _mode_from_stage(layers, end, h)
+    """The bottom-half logits (B, 392) at which a split flow's Gaussian p(bottom | top) is largest (its mean), for
+    the top half of `logits` (B, 784): the point the inpainting's gradient ascent converges to."""
+    gaussian, *rest = list(model)
+    # The later layers change the bottom's coordinates only by their batch norms' elementwise affine maps:
+    # carry z_bottom = 0 back through them, then through the Gaussian stage with the given top half.
+    z = torch.zeros_like(logits)
+    for m in reversed(rest):
+        if isinstance(m, BatchNormFlow):
+            z = m(z, "inverse")[0]
+    u = torch.cat([logits[:, :HALF], z[:, HALF:]], dim=1)
+    return gaussian(u, "inverse")[0][:, HALF:]
 
 
 @torch.no_grad()
 def mode_inpainting(model, images, batch_size=500):
     """`images` (N, 784) in (0, 1) with their bottom half replaced by the split flow's bottom_mode given their top:
-    where the inpainting protocol's 1,000 gradient steps end when they converge, in one pass (eval mode)."""
+    where the inpainting protocol's 1,000 gradient steps end, in one pass (eval mode)."""
     model.eval()
     device = model.prior_loc.device
     out = []
@@ -598,71 +528,6 @@ def mode_inpainting(model, images, batch_size=500):
         mode = torch.sigmoid(bottom_mode(model, torch.logit(x)))
         out.append(torch.cat([x[:, :HALF], mode], dim=1).cpu())
     return torch.cat(out)
-
-
-def mode_curvature(model, images, batch_size=250, iters=20):
-    """ascent_curvature at the conditional maximum for each of `images` (N, 784) in (0, 1), eval mode (N,): the
-    inpainting protocol's fixed step of 0.2 can converge to the maximum only where it is below 10."""
-    model.eval()
-    device = model.prior_loc.device
-    gen = torch.Generator().manual_seed(0)
-    out = []
-    for start in range(0, len(images), batch_size):
-        logits = torch.logit(images[start:start + batch_size].to(device))
-        with torch.no_grad():
-            mode = bottom_mode(model, logits)
-            out.append(ascent_curvature(model, logits[:, :HALF], mode, iters, gen).cpu())
-    return torch.cat(out)
-
-
-def _bottom_latent(layers, end, top, bottom):
-    """z_bottom as a function of the bottom-half logits for fixed top-half logits: the bottom stage, then the
-    top-half flow's batch norms on the bottom's dimensions (all it does to them). Batch norms use their current
-    statistics without updating them (in training mode: those of the last direct pass), so images stay
-    independent and the map can be differentiated per image."""
-    h = torch.cat([top, bottom], dim=1)
-    for m in layers[:end]:
-        h = _fixed_batchnorm(m, h) if isinstance(m, BatchNormFlow) else m(h, "direct")[0]
-    z = h[:, HALF:]
-    for m in layers[end:]:
-        if isinstance(m, BatchNormFlow):
-            z = _fixed_batchnorm(m, z, HALF)
-    return z
-
-
-def _fixed_batchnorm(m, x, first=0):
-    mean, var = (stat.detach() for stat in m._stats())
-    return torch.exp(m.log_gamma[first:]) * (x - mean[first:]) / var[first:].sqrt() + m.beta[first:]
-
-
-def ascent_curvature(model, top, bottom, iters=4, generator=None):
-    """Largest eigenvalue of J^T J per image (B,), J = d z_bottom / d bottom at the given bottom-half logits, by
-    `iters` power iterations from a random start (an estimate from below). At the conditional maximum (z_bottom = 0)
-    J^T J is the Hessian of -log p(bottom | top), so the inpainting's fixed step of 0.2 converges there only when
-    this is below 2 / 0.2 = 10. Differentiable in the model's parameters (through the last product only)."""
-    layers = list(model)
-    end = _bottom_stage_end(layers)
-    top, bottom = top.detach(), bottom.detach()
-
-    def latent(b):
-        return _bottom_latent(layers, end, top, b)
-
-    def jacobian_times(v):
-        # J v by a central difference (cheaper than forward-mode AD here, and a plain graph in the parameters); its
-        # error, O(step^2) times third derivatives, is far below the power iteration's own
-        step = 1e-2
-        return (latent(bottom + step * v) - latent(bottom - step * v)) / (2 * step)
-
-    v = torch.randn(bottom.shape, generator=generator).to(bottom)
-    with torch.enable_grad():
-        b = bottom.clone().requires_grad_(True)
-        z = latent(b)
-    for _ in range(iters):   # they only find the direction: no graph in the parameters
-        v = v / v.norm(dim=1, keepdim=True)
-        with torch.no_grad():
-            jv = jacobian_times(v)
-        v = torch.autograd.grad(z, b, jv, retain_graph=True)[0]   # J^T J v
-    return jacobian_times(v / v.norm(dim=1, keepdim=True)).pow(2).sum(1)
 
 
 def masked_inputs(images, generator):

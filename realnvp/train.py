@@ -10,11 +10,6 @@ log.csv, curves.png, last.pt (for --resume) and best.pt go to --logdir. At the e
 statistics are recomputed over the whole training set and it is shipped in fp16 when that leaves its test
 bits/dim unchanged (else fp32), into --model_dir when given, else into models/ with its figures in
 figures/ after a complete run (never after --limit or a --max_minutes stop).
-
-The split flow's loss adds two terms to the negative log-likelihood: the squared error of the maximum of
-log p(bottom | top), which the inpainting climbs to, against the image's bottom half (--mode_weight), and a
-penalty on the curvature of -log p(bottom | top) along the inpainting's path above --curvature_limit
-(--curvature_weight), so that the protocol's fixed step of 0.2 reaches that maximum.
 Flags use underscores; the skeleton's dashed spellings (--batch-size, --model-dir, --img-save-dir, --no-cuda)
 are accepted too.
 """
@@ -33,82 +28,18 @@ from mnistgen.checkpoint import half_state, load_model, load_state
 from mnistgen.data import load_mnist
 from mnistgen.files import ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
-from mnistgen.utils import (CsvLog, UserError, add_common_args, nonnegative_float, pick_device, plot_curves,
+from mnistgen.utils import (CsvLog, UserError, add_common_args, pick_device, plot_curves,
                             positive_float, positive_int, run_cli, save_image_grid, seed_everything)
-from realnvp.realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, HALF, HI, KIND, LO, NUM_INPUTS, PRESETS,
-                             SHIPPED_PATHS, RealNVPConfig, _bottom_stage_end, _mode_from_stage, ascent_curvature,
-                             bits_per_dim, build, evaluate_bpd, inpaint_mse, load, masked_inputs, mode_curvature,
+from realnvp.realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, SHIPPED_PATHS,
+                             RealNVPConfig, bits_per_dim, build, evaluate_bpd, inpaint_mse, load, masked_inputs,
                              mode_inpainting, preprocess, recompute_batchnorm)
 
 EVAL_SEED = 1234          # dequantization noise of the batch-norm recomputation and the test set
 FP16_TOLERANCE = 5e-4     # bits/dim change allowed when shipping fp16 weights
 WARMUP = 200              # steps of linear learning-rate warm-up
 MODE_IMAGES = 1000        # test images of the per-epoch inpainting estimate (split flow)
-CURVATURE_IMAGES = 200    # of those, the images whose curvature at the maximum is logged per epoch
-CURVATURE_LIMIT = 6.0     # curvature the penalty allows (the protocol's step of 0.2 converges below 10)
-# Training flags whose default depends on --arch: the shipped checkpoints' schedules
-ARCH_TRAINING = {"split": dict(epochs=7, mode_weight=20.0, curvature_weight=1.0),
-                 "multiscale": dict(epochs=16, mode_weight=0.0, curvature_weight=0.0)}
-ARCH_FLAGS = ("hidden", "checker", "channel", "res_blocks", "num_hidden", "bottom_couplings", "bottom_hidden",
-              "bottom_context")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The split flow's training loss
-
-
-def log_probs_and_mode(model, x):
-    """(model.log_probs(x), bottom_mode of x's logits) with one direct pass: the mode costs only the inverse
-    of the bottom stage."""
-    layers = list(model)
-    end = _bottom_stage_end(layers)
-    h, logdet = model._pre_process(x), 0
-    for i, m in enumerate(layers):
-        if i == end:
-            stage_out = h
-        h, d = m(h, "direct")
-        logdet = logdet + d
-    log_probs = model.prior.log_prob(h).sum(-1, keepdim=True) + logdet
-    return log_probs, _mode_from_stage(layers, end, stage_out)
-
-
-def log_probs_and_mode_sse(model, x):
-    """(model.log_probs(x) (B, 1), mean over the batch of the squared error, in pixels summed over the bottom half,
-    between x and bottom_mode of its top half, that mode): the two terms of the `--mode_weight` training loss,
-    which puts the maximum the inpainting climbs towards at the data, and where `curvature_excess` looks."""
-    log_probs, mode = log_probs_and_mode(model, x)
-    return log_probs, (torch.sigmoid(mode) - x[:, HALF:]).pow(2).sum(1).mean(), mode
-
-
-def curvature_excess(model, x, mode, limit, images=16, generator=None):
-    """Mean of relu(ascent_curvature - limit)^2 over two points of the inpainting's path for each of the first
-    `images` images of `x` (B, 784, in (0, 1)): the conditional maximum given its top half (`mode`, bottom-half
-    logits from log_probs_and_mode_sse) and a random point between it and a noise start like the protocol's (bottom
-    logits +-logit(HI)). Call after the direct pass that gave `mode` (in training mode its batch statistics)."""
-    top = torch.logit(x[:images, :HALF])
-    mode = mode[:images].detach()
-    start = (torch.rand(mode.shape, generator=generator) < 0.5).to(mode) * 2 - 1
-    between = mode + torch.rand(mode.size(0), 1, generator=generator).to(mode) * (start * math.log(HI / LO) - mode)
-    curvature = ascent_curvature(model, torch.cat([top, top]), torch.cat([mode, between]), iters=3, generator=generator)
-    return torch.relu(curvature - limit).pow(2).mean()
-
-
-def inpainting_loss(model, x, mode_weight=0.0, curvature_weight=0.0, curvature_limit=CURVATURE_LIMIT, generator=None):
-    """(log p of x (B, 1), the training loss, {name: float} of its extra terms): -mean log p, plus mode_weight x the
-    squared error of the conditional maximum (log_probs_and_mode_sse) and curvature_weight x curvature_excess when
-    they are non-zero: the inpainting returns that maximum, so train it towards the data's bottom half, and keep
-    the curvature on its way there where the protocol's fixed step converges."""
-    if not (mode_weight or curvature_weight):
-        log_probs = model.log_probs(x)
-        return log_probs, -log_probs.mean(), {}
-    log_probs, mode_sse, mode = log_probs_and_mode_sse(model, x)
-    loss = -log_probs.mean() + mode_weight * mode_sse
-    stats = {"mode_sse": mode_sse.item()}
-    if curvature_weight:
-        excess = curvature_excess(model, x, mode, curvature_limit, generator=generator)
-        loss = loss + curvature_weight * excess
-        stats["curvature_excess"] = excess.item()
-    return log_probs, loss, stats
+EPOCHS = {"split": 10, "multiscale": 16}   # the shipped checkpoints' schedules
+ARCH_FLAGS = ("hidden", "checker", "channel", "res_blocks", "num_hidden")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -131,21 +62,17 @@ def preset_defaults(field):
     return "; ".join(f"{arch} {shown(getattr(c, field))}" for arch, c in PRESETS.items() if field in ARCH_FIELDS[arch])
 
 
-def training_defaults(flag):
-    return "; ".join(f"{arch} {values[flag]:g}" for arch, values in ARCH_TRAINING.items())
-
-
 def build_parser():
     p = add_common_args(argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--no-cuda", dest="device", action="store_const", const="cpu",
                    help="the skeleton's spelling of --device cpu")
     p.add_argument("--arch", default="split", choices=list(PRESETS),
-                   help="split: the graders' flow (a Gaussian p(bottom | top) refined by bottom couplings, times a "
-                        "multi-scale flow of the top half); multiscale: the paper's multi-scale flow of the whole image "
-                        "(default: %(default)s). The flags below override its preset")
+                   help="split: the graders' flow (a Gaussian p(bottom | top) times a multi-scale flow of the top "
+                        "half); multiscale: the paper's multi-scale flow of the whole image (default: %(default)s). "
+                        "The flags below override its preset")
     p.add_argument("--batch_size", "--batch-size", type=positive_int, default=64, help="training batch size (default: 64)")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"training epochs (default: {training_defaults('epochs')})")
+                   help="training epochs (default: " + "; ".join(f"{a} {n}" for a, n in EPOCHS.items()) + ")")
     p.add_argument("--lr", type=positive_float, default=1e-3,
                    help=f"Adam learning rate, warmed up over {WARMUP} steps then cosine-decayed to 0 (default: 1e-3)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
@@ -161,24 +88,6 @@ def build_parser():
                         f"(default: {preset_defaults('res_blocks')})")
     p.add_argument("--num_hidden", type=positive_int, default=None,
                    help=f"split: hidden units of the Gaussian stage's MLP nets (default: {preset_defaults('num_hidden')})")
-    p.add_argument("--bottom_couplings", type=int, choices=range(0, 17), default=None, metavar="{0..16}",
-                   help="split: conv couplings of the bottom half given the top after its Gaussian stage "
-                        f"(default: {preset_defaults('bottom_couplings')})")
-    p.add_argument("--bottom_hidden", type=positive_int, default=None,
-                   help=f"split: channels of their nets (default: {preset_defaults('bottom_hidden')})")
-    p.add_argument("--bottom_context", type=int, choices=range(1, 15), default=None, metavar="{1..14}",
-                   help=f"split: rows of the top half their nets see (default: {preset_defaults('bottom_context')})")
-    p.add_argument("--mode_weight", type=nonnegative_float, default=None,
-                   help="split: weight of the squared error, in pixels summed over the bottom half, between a training "
-                        "image and the maximum of log p(bottom | its top half), added to the negative log-likelihood "
-                        f"(default: {training_defaults('mode_weight')})")
-    p.add_argument("--curvature_weight", type=nonnegative_float, default=None,
-                   help="split: weight of the squared excess over --curvature_limit of the curvature of -log p(bottom "
-                        "| top) (largest Hessian eigenvalue) at that maximum and between it and a noise start "
-                        f"(default: {training_defaults('curvature_weight')})")
-    p.add_argument("--curvature_limit", type=nonnegative_float, default=CURVATURE_LIMIT,
-                   help="split: curvature allowed; the inpainting's fixed step of 0.2 converges below 10 "
-                        "(default: %(default)s)")
     p.add_argument("--bn_images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "
                         "shipped checkpoint's are recomputed over the whole training set)")
@@ -212,9 +121,6 @@ def model_config(args):
     for field in given:
         if field not in ARCH_FIELDS[args.arch]:
             raise UserError(f"--{field} does not apply to --arch {args.arch}")
-    for flag in ("mode_weight", "curvature_weight"):
-        if getattr(args, flag) and args.arch != "split":
-            raise UserError(f"--{flag} applies to --arch split only, not {args.arch}")
     try:
         return dataclasses.replace(PRESETS[args.arch], **given)
     except ValueError as err:
@@ -228,11 +134,9 @@ class RealNVPTask(Task):
 
     def __init__(self, config, train_images, test_images, img_dir, args, device):
         self.config, self.train_images, self.test_images, self.img_dir = config, train_images, test_images, img_dir
-        self.device, self.bn_images, self.mode_weight = device, args.bn_images, args.mode_weight
-        self.curvature_weight, self.curvature_limit = args.curvature_weight, args.curvature_limit
+        self.device, self.bn_images = device, args.bn_images
         if config.arch == "split":   # where the inpainting climbs to (bottom_mode), on test images, per epoch
-            self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"],
-                                 "curvature at the mode (largest)": ["test_mode_curvature"]}
+            self.curve_panels = {**self.curve_panels, "inpainting MSE (conditional mode)": ["test_mode_mse"]}
             self.mode_raw = masked_inputs(test_images[:MODE_IMAGES], torch.Generator().manual_seed(0))[0]
         self.model = build(config).to(device)
         self.modules = {"model": self.model}
@@ -253,8 +157,8 @@ class RealNVPTask(Task):
     def train_step(self, batch):
         x, log_scale = (t.to(self.device) for t in batch)
         self.model.train()
-        log_probs, loss, stats = inpainting_loss(self.model, x, self.mode_weight, self.curvature_weight,
-                                                 self.curvature_limit)
+        log_probs = self.model.log_probs(x)
+        loss = -log_probs.mean()
         if not torch.isfinite(loss):
             raise TrainingDiverged("non-finite training loss")
         opt = self.optimizers["model"]
@@ -264,7 +168,7 @@ class RealNVPTask(Task):
         opt.step()
         with torch.no_grad():   # of this batch, with its own batch-norm statistics
             train_bpd = bits_per_dim(self.model, x, log_scale, log_probs.detach()).mean().item()
-        return dict(loss=loss.item(), train_bpd=train_bpd, **stats)
+        return dict(loss=loss.item(), train_bpd=train_bpd)
 
     def lr_scale(self, step):
         """Linear warm-up over WARMUP steps, then cosine decay to 0 at the last step."""
@@ -280,10 +184,8 @@ class RealNVPTask(Task):
         self.test_bpd = evaluate_bpd(self.model, self.test_images, seed=EVAL_SEED)
         self.model.save_images(self.epoch, self.img_dir, noise=self.noise.to(self.device))
         metrics = dict(test_bpd=self.test_bpd)
-        if self.config.arch == "split":   # an estimate only: the protocol equals it when its ascent converges
+        if self.config.arch == "split":   # where the protocol's 1,000 steps end, in one pass
             metrics["test_mode_mse"] = inpaint_mse(mode_inpainting(self.model, self.mode_raw), self.mode_raw)["masked"]
-            # above 10 the protocol's fixed step of 0.2 cannot converge to that maximum
-            metrics["test_mode_curvature"] = mode_curvature(self.model, self.mode_raw[:CURVATURE_IMAGES]).max().item()
         return metrics
 
     def rank(self, metrics):
@@ -338,9 +240,7 @@ def run_eval(args, device):
 @run_cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for flag, value in ARCH_TRAINING[args.arch].items():
-        if getattr(args, flag) is None:
-            setattr(args, flag, value)
+    args.epochs = args.epochs or EPOCHS[args.arch]
     device = pick_device(args.device)
     if args.eval:
         return run_eval(args, device)

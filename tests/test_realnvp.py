@@ -1,5 +1,5 @@
 """RealNVP: invertibility, log-determinants, the config and checkpoints, bits/dim, the inpainting protocol,
-the split flow's training loss, the scripts (smoke runs, resume, bad input) and the shipped flows (slow)."""
+the scripts (smoke runs, resume, bad input) and the shipped flows (slow)."""
 import dataclasses
 import math
 
@@ -13,14 +13,10 @@ from mnistgen.data import load_mnist
 from realnvp import (DEFAULT_PATH, KIND, PRESETS, BatchNormFlow, ConvCouplingLayer, CouplingLayer, RealNVPConfig,
                      Shuffle, bits_per_dim, build, draw_samples, evaluate_bpd, figures, load, masked_inputs, nearest_neighbour,
                      preprocess, recompute_batchnorm)
-from realnvp.realnvp import (HALF, HI, LO, BottomCouplingLayer, ascent_curvature, bottom_mode, channel_mask, checkerboard,
-                             inpaint_mse, logit_logdet, mode_curvature, mode_inpainting)
-from realnvp.train import curvature_excess, log_probs_and_mode
+from realnvp.realnvp import HALF, HI, LO, bottom_mode, channel_mask, checkerboard, inpaint_mse, logit_logdet, mode_inpainting
 
 TINY_MULTISCALE = RealNVPConfig(arch="multiscale", hidden=(4, 6, 8), res_blocks=1, checker=(2, 2, 2), channel=(2, 2))
 TINY_SPLIT = RealNVPConfig(arch="split", num_hidden=16, hidden=(4, 6), res_blocks=1, checker=(2, 2), channel=(2,))
-TINY_SPLIT_FLOW = dataclasses.replace(TINY_SPLIT, bottom_couplings=2, bottom_hidden=4)   # non-Gaussian bottom half
-TINY_SPLIT_CONTEXT = dataclasses.replace(TINY_SPLIT_FLOW, bottom_context=3)
 # for the 1,000-step inpainting: the fewest and smallest layers
 FAST_SPLIT = RealNVPConfig(arch="split", num_hidden=8, hidden=(2, 2), res_blocks=0, checker=(1, 1), channel=(1,))
 SHIPPED = DEFAULT_PATH
@@ -34,10 +30,9 @@ def perturb(model, std=0.05):
     """Non-zero output convolutions and batch-norm parameters, so that no layer is the identity."""
     torch.manual_seed(0)
     for m in model.modules():
-        if isinstance(m, (ConvCouplingLayer, BottomCouplingLayer)):
-            for net in (m.net, getattr(m, "scale_net", m.net)):
-                torch.nn.init.normal_(net.conv_out.weight, std=std)
-                torch.nn.init.normal_(net.conv_out.bias, std=std)
+        if isinstance(m, ConvCouplingLayer):
+            torch.nn.init.normal_(m.net.conv_out.weight, std=std)
+            torch.nn.init.normal_(m.net.conv_out.bias, std=std)
         if isinstance(m, CouplingLayer):   # the split flow's coupling starts as the identity
             for net in (m.scale_net, m.translate_net):
                 torch.nn.init.normal_(net[-1].weight, std=std)
@@ -74,49 +69,11 @@ def conv_layer(shape, mask, num_inputs=None):
     return layer
 
 
-def bottom_layer(parity, context=14):
-    layer = BottomCouplingLayer(784, parity, hidden=6, context_rows=context)
-    for net in (layer.net, layer.scale_net):
-        torch.nn.init.normal_(net.conv_out.weight, std=0.1)
-    return layer
-
-
-@pytest.mark.parametrize("context", [14, 4])
-def test_bottom_coupling_changes_only_the_free_bottom_pixels_and_reads_only_the_seen_ones(context):
-    torch.manual_seed(0)
-    layer = bottom_layer(0, context).eval()
-    x = torch.randn(2, 784)
-    z, _ = layer(x)
-    seen = torch.cat([torch.ones(784 - layer.seen.numel(), dtype=torch.bool), layer.seen.flatten().bool()])
-    assert seen[:HALF].all() and seen[HALF:].float().mean() == 0.5
-    assert torch.equal(z[:, seen], x[:, seen]) and not torch.allclose(z[:, ~seen], x[:, ~seen])
-    # s and t read only the seen pixels: the output is affine in the free ones, with the same log-det
-    d = torch.zeros_like(x)
-    d[:, ~seen] = torch.randn(2, int((~seen).sum()))
-    (z1, ld1), (z2, ld2) = layer(x + d), layer(x + 2 * d)
-    assert torch.allclose(z2 - z, 2 * (z1 - z), atol=1e-5) and torch.allclose(ld1, ld2)
-    # rows above the context are not read: changing them changes nothing else
-    far = torch.zeros_like(x)
-    far[:, : (14 - context) * 28] = torch.randn(2, (14 - context) * 28)
-    if context < 14:
-        assert torch.allclose((layer(x + far)[0] - far), z, atol=1e-6)
-
-
-def test_bottom_coupling_log_det_reads_the_top_half_only():
-    torch.manual_seed(0)
-    x, bottom, top = torch.randn(3, 784), torch.zeros(3, 784), torch.zeros(3, 784)
-    bottom[:, HALF:], top[:, :HALF] = torch.randn(3, HALF), torch.randn(3, HALF)
-    layer = bottom_layer(1).eval()
-    ld, ld_bottom, ld_top = (layer(v)[1] for v in (x, x + bottom, x + top))
-    assert not torch.allclose(ld, ld_top, atol=1e-4)
-    assert torch.allclose(ld, ld_bottom, atol=1e-5)
-
-
-def test_bottom_mode_is_the_only_critical_point_of_the_conditional():
-    """With every scale reading the top half, log p(bottom | top) = log N(z_bottom) + const: its gradient in the
+def test_bottom_mode_is_the_maximum_of_the_conditional():
+    """log p(bottom | top) = log N(z_bottom) + const with z_bottom affine in the bottom logits: its gradient in the
     bottom logits vanishes at bottom_mode, where z_bottom = 0, and log p is lower at nearby points."""
     torch.manual_seed(0)
-    model = perturb(build(TINY_SPLIT_FLOW)).double().eval()
+    model = perturb(build(TINY_SPLIT)).double().eval()
     logits = torch.logit(pixels(4).double())
     mode = bottom_mode(model, logits)
     at_mode = torch.cat([logits[:, :HALF], mode], 1).requires_grad_(True)
@@ -127,33 +84,6 @@ def test_bottom_mode_is_the_only_critical_point_of_the_conditional():
     moved = at_mode.detach().clone()
     moved[:, HALF:] += 0.1 * torch.randn(4, HALF, dtype=torch.float64)
     assert (model.log_probs(moved, pre_process=False) < model.log_probs(at_mode, pre_process=False)).all()
-    model.train()   # one direct pass gives both, with the same batch statistics
-    log_probs, mode_train = log_probs_and_mode(model, torch.sigmoid(logits))
-    assert torch.allclose(log_probs, model.log_probs(torch.sigmoid(logits)))
-    assert torch.allclose(mode_train, bottom_mode(model, logits))
-
-
-def test_ascent_curvature_is_the_hessian_top_eigenvalue_at_the_conditional_maximum():
-    """At bottom_mode, the Hessian of -log p in the bottom logits is J^T J: ascent_curvature must give its largest
-    eigenvalue (brute force on one image), and be differentiable in the parameters."""
-    model = perturb(build(TINY_SPLIT_FLOW), std=0.3).double().eval()
-    logits = torch.logit(pixels(1).double())
-    mode = bottom_mode(model, logits).detach()
-
-    def neg_log_p(bottom):
-        return -model.log_probs(torch.cat([logits[:, :HALF], bottom[None]], 1), pre_process=False).sum()
-
-    hessian = torch.autograd.functional.hessian(neg_log_p, mode[0])
-    largest = torch.linalg.eigvalsh(hessian)[-1].item()
-    estimate = ascent_curvature(model, logits[:, :HALF], mode, iters=200, generator=gen(0))
-    assert estimate.shape == (1,) and estimate.item() == pytest.approx(largest, rel=1e-3)
-    model.float().train()
-    x = pixels(4)
-    mode = log_probs_and_mode(model, x)[1]   # and the batch statistics the penalty's batch norms use
-    excess = curvature_excess(model, x, mode, limit=0.0, generator=gen(1))
-    excess.backward()
-    assert excess.item() > 0
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model[2].parameters())   # a bottom coupling
 
 
 @pytest.mark.parametrize("make", [
@@ -162,10 +92,7 @@ def test_ascent_curvature_is_the_hessian_top_eigenvalue_at_the_conditional_maxim
     lambda: CouplingLayer(784, 32, (torch.arange(784) % 2).float()),
     lambda: conv_layer((1, 28, 28), checkerboard((1, 28, 28), 0), 784),
     lambda: conv_layer((4, 14, 14), channel_mask((4, 14, 14), 1), 784),
-    lambda: bottom_layer(1),
-    lambda: bottom_layer(0, 5),
-], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel", "bottom-coupling",
-        "bottom-coupling-context"])
+], ids=["batchnorm", "shuffle", "mlp-coupling", "conv-checkerboard", "conv-channel"])
 def test_each_layer_inverts(make):
     torch.manual_seed(1)
     layer = perturb(make()) if isinstance(make(), BatchNormFlow) else make()
@@ -174,8 +101,7 @@ def test_each_layer_inverts(make):
     check_inverse(layer, x, train=True)
 
 
-@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_CONTEXT],
-                         ids=["multiscale", "split", "split-flow", "split-flow-context"])
+@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT], ids=["multiscale", "split"])
 def test_whole_flow_inverts_and_logdets_cancel(config):
     torch.manual_seed(0)
     model = perturb(build(config)).eval()
@@ -211,8 +137,7 @@ def test_layer_logdet_matches_jacobian(make):
     assert ld.item() == pytest.approx(brute_force_logdet(lambda v: layer(v[None])[0][0], x).item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT, TINY_SPLIT_FLOW, TINY_SPLIT_CONTEXT],
-                         ids=["multiscale", "split", "split-flow", "split-flow-context"])
+@pytest.mark.parametrize("config", [TINY_MULTISCALE, TINY_SPLIT], ids=["multiscale", "split"])
 def test_flow_logdet_matches_jacobian(config):
     torch.manual_seed(3)
     model = perturb(build(config)).double().eval()
@@ -226,12 +151,10 @@ def test_flow_logdet_matches_jacobian(config):
 
 
 @pytest.mark.slow  # the protocol's 1,000 gradient steps
-@pytest.mark.parametrize("config", [TINY_SPLIT, TINY_SPLIT_FLOW], ids=["gaussian-bottom", "bottom-couplings"])
-def test_split_flow_inpainting_converges_to_its_conditional_mode(tmp_path, config):
-    """With the top half fixed, log p(bottom | top) = log N(z_bottom) + a constant (a concave quadratic in the
-    bottom logits for the Gaussian stage alone): the skeleton's gradient ascent must end where z_bottom = 0,
-    from the protocol's start."""
-    model = perturb(build(config)).eval()
+def test_split_flow_inpainting_converges_to_its_conditional_mode(tmp_path):
+    """With the top half fixed, log p(bottom | top) = log N(z_bottom) + a constant, a concave quadratic in the
+    bottom logits: the skeleton's gradient ascent must end where z_bottom = 0, from the protocol's start."""
+    model = perturb(build(TINY_SPLIT)).eval()
     for m in model.modules():   # unit scale on the bottom half, like trained batch norms (curvature ~1, so
         if isinstance(m, BatchNormFlow):   # the skeleton's fixed step 0.2 is stable)
             m.running_var[392:] = 1.0
@@ -252,7 +175,6 @@ def test_masks_and_permutations_are_buffers():
     state = build(TINY_MULTISCALE).state_dict()
     assert any(k.endswith("mask") for k in state) and any(k.endswith("perm") for k in state)
     assert "prior_loc" in state and "prior_scale" in state
-    assert any(k.endswith("seen") for k in build(TINY_SPLIT_FLOW).state_dict())
 
 
 def test_loaded_checkpoint_samples_without_forward(tmp_path):
@@ -385,8 +307,7 @@ def test_missing_checkpoint_is_user_error(tmp_path):
 
 # ---------------------------------------------------------------- scripts
 SMOKE = ["--limit", "200", "--batch_size", "50", "--hidden", "4,4", "--checker", "1,1", "--channel", "1",
-         "--num_hidden", "16", "--bottom_couplings", "0", "--mode_weight", "0", "--curvature_weight", "0",
-         "--bn_images", "100", "--device", "cpu"]
+         "--num_hidden", "16", "--bn_images", "100", "--device", "cpu"]
 
 
 def test_train_smoke_resume_eval_and_ship(tmp_path, capsys):
@@ -445,7 +366,7 @@ def test_evaluate_figures_are_numbers(tmp_path, monkeypatch):
 
 def test_draw_samples_are_images_and_follow_the_temperature():
     torch.manual_seed(0)
-    model = perturb(build(TINY_SPLIT_FLOW)).eval()
+    model = perturb(build(TINY_SPLIT)).eval()
     cold, warm = draw_samples(model, 7, temperature=0.1, seed=3), draw_samples(model, 7, temperature=1.0, seed=3)
     assert cold.shape == (7, 1, 28, 28) and 0 <= cold.min() and cold.max() <= 1
     assert torch.equal(warm, draw_samples(model, 7, temperature=1.0, seed=3))   # seeded
@@ -466,9 +387,7 @@ def test_sample_script_scores_its_samples(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags", [["--hidden", "4,x"], ["--hidden", "4,4,4"], ["--arch", "multiscale", "--num_hidden", "8"],
                                    ["--arch", "mlp"], ["--arch", "conv"], ["--num-blocks", "3"], ["--log-dir", "x"],
-                                   ["--load-path", "x.pt"], ["--arch", "multiscale", "--mode_weight", "1"],
-                                   ["--mode_weight", "-1"], ["--bottom_context", "15"],
-                                   ["--arch", "multiscale", "--curvature_weight", "1"], ["--curvature_limit", "-1"]])
+                                   ["--load-path", "x.pt"], ["--res_blocks", "5"], ["--epochs", "0"]])
 def test_bad_train_flags_exit_2(flags, capsys):
     from realnvp import train
     with pytest.raises(SystemExit) as err:
@@ -595,35 +514,18 @@ def test_shipped_conditional_mode_is_what_the_protocol_recorded():
     raw, _, _ = masked_inputs(load_mnist(train=True)[0][:100], gen(0))
     mse = inpaint_mse(mode_inpainting(load(SHIPPED), raw), raw)["masked"]
     assert mse == pytest.approx(recorded["recovery"]["masked"], abs=5e-4)
-    # and why the ascent gets there: the curvature at the maximum is where its fixed step of 0.2 is stable
-    assert mode_curvature(load(SHIPPED), raw).max() < 10
-
-
-def test_train_with_the_mode_and_curvature_losses_logs_them_and_the_inpainting_estimate(tmp_path):
-    from realnvp import train
-    run = ["--logdir", str(tmp_path / "run"), "--epochs", "1", "--mode_weight", "20", "--bottom_couplings", "2",
-           "--bottom_hidden", "4", "--bottom_context", "4", "--curvature_weight", "1", "--curvature_limit", "0"]
-    load(train.main(SMOKE + run))
-    header, row = (tmp_path / "run" / "log.csv").read_text().strip().splitlines()
-    values = dict(zip(header.split(","), row.split(",")))
-    assert float(values["mode_sse"]) > 0 and 0 < float(values["test_mode_mse"]) < 1
-    assert float(values["curvature_excess"]) > 0 and float(values["test_mode_curvature"]) > 0
 
 
 def test_inpainting_estimate_scores_the_conditional_maximum(tmp_path, capsys):
     from realnvp import inpainting
     torch.manual_seed(0)
-    model = perturb(build(TINY_SPLIT_FLOW)).eval()
-    path = save_checkpoint(tmp_path / "split.pt", KIND, TINY_SPLIT_FLOW, model=model.state_dict())
+    model = perturb(build(TINY_SPLIT)).eval()
+    path = save_checkpoint(tmp_path / "split.pt", KIND, TINY_SPLIT, model=model.state_dict())
     res = inpainting.main(["--load_path", str(path), "--num_images", "7", "--estimate", "--savedir", str(tmp_path / "p"),
                            "--device", "cpu"])
     raw, _, _ = masked_inputs(load_mnist(train=True)[0][:7], gen(0))
     assert res["recovery"]["masked"] == pytest.approx(inpaint_mse(mode_inpainting(model, raw), raw)["masked"])
-    curvature = mode_curvature(model, raw)
-    assert res["curvature"]["max"] == pytest.approx(curvature.max().item(), rel=1e-4)
-    assert res["curvature"]["above_10"] == (curvature >= 10).float().mean().item()
-    out = capsys.readouterr().out
-    assert "conditional maximum (--estimate, one pass)" in out and "curvature of -log p at the maximum" in out
+    assert "conditional maximum (--estimate, one pass)" in capsys.readouterr().out
     assert not (tmp_path / "p").exists()   # no pictures, no picture folder
     multiscale = save_checkpoint(tmp_path / "ms.pt", KIND, TINY_MULTISCALE, model=build(TINY_MULTISCALE).state_dict())
     with pytest.raises(SystemExit) as err:
