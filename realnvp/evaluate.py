@@ -22,7 +22,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import sample_quality
 from mnistgen.data import load_mnist
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, nonnegative_int, run_cli, take_first
+from mnistgen.paths import MODELS_DIR
+from mnistgen.utils import UserError, add_common_args, pick_device, nonnegative_int, run_cli, take_first
 from realnvp.realnvp import (DEFAULT_PATH, MULTISCALE_PATH, draw_samples, evaluate_bpd, inpaint_mse, is_split, load,
                              masked_inputs, nearest_neighbour, run_inpainting)
 
@@ -32,8 +33,9 @@ NUM_SAMPLES = 1000    # samples (temperature 1.0, seed 0) scored by the classifi
 
 def recorded_paths(name):
     """{split: figures/NAME_inpainting_SPLIT.json}: where inpainting.py --json recorded the protocol runs of the
-    shipped checkpoint models/NAME.pt."""
-    return {split: REPO_ROOT / "figures" / f"{name}_inpainting_{split}.json" for split in ("train", "test")}
+    shipped checkpoint models/NAME.pt. The figures folder beside the models folder: the clone's figures/, also
+    for an installed package pointed at the clone's models by $MNISTGEN_MODELS."""
+    return {split: MODELS_DIR.parent / "figures" / f"{name}_inpainting_{split}.json" for split in ("train", "test")}
 
 
 def figures(model, device, data_root=None, num_images=LIVE_IMAGES):

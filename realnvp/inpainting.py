@@ -24,7 +24,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write_text, ensure_writable, ensure_writable_dir
-from mnistgen.utils import REPO_ROOT, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
+from mnistgen.paths import REPO_ROOT
+from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
 from realnvp import DEFAULT_PATH, inpaint_mse, load, masked_inputs, nearest_neighbour, run_inpainting
 from realnvp.realnvp import is_split, mode_inpainting
 

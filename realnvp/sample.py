@@ -15,10 +15,11 @@ if not __package__:  # run as a script: make the repository's packages importabl
 
 from classifier.unconditional import print_sample_scores, sample_references
 from mnistgen.files import ensure_writable
-from mnistgen.utils import REPO_ROOT, add_common_args, pick_device, positive_float, positive_int, run_cli, save_image_grid
+from mnistgen.paths import RUNS_DIR
+from mnistgen.utils import add_common_args, pick_device, positive_float, positive_int, run_cli, save_image_grid
 from realnvp.realnvp import MULTISCALE_PATH, draw_samples, load
 
-DEFAULT_FIGURE = REPO_ROOT / "runs" / "realnvp_samples.png"
+DEFAULT_FIGURE = RUNS_DIR / "realnvp_samples.png"
 
 
 def build_parser():

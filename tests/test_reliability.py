@@ -134,8 +134,9 @@ def test_report_goes_on_past_a_broken_model(tmp_path):
     assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("error:")
 
 
-@pytest.mark.parametrize("section", ["EBM", "RealNVP"])
-def test_report_rows_without_a_classifier_say_the_samples_are_not_scored(section):
+@pytest.mark.parametrize("section, model", [("EBM", "EBM"), ("RealNVP", "RealNVP (split)"),
+                                           ("RealNVP-multiscale", "RealNVP multi-scale")])
+def test_report_rows_without_a_classifier_say_the_samples_are_not_scored(section, model):
     """Without the classifier, `figures` returns `samples_unavailable` instead of scores: the sample rows are left
     out and one row says why (no KeyError, no traceback)."""
     from report.__main__ import cell
@@ -144,5 +145,5 @@ def test_report_rows_without_a_classifier_say_the_samples_are_not_scored(section
     figures = dict(mse=0.1, mse_corrupted=0.2, mse_interpolation=0.3, sample_steps=300, test_bpd=1.7, num_images=20,
                    inpaint_mse=0.03, nn_mse=0.06, recorded={}, samples_unavailable="no classifier at models/x.pt")
     shown = [tuple(cell(c, figures) for c in row[:3]) for row in rows if len(row) < 4 or row[3](figures)]
-    assert (f"{section} samples", "not scored", "no classifier at models/x.pt") in shown
+    assert (f"{model} samples", "not scored", "no classifier at models/x.pt") in shown
     assert not any("FID" in label or "rarest" in label for label, _, _ in shown)
