@@ -24,7 +24,7 @@ from classifier.unconditional import sample_quality
 from mnistgen.data import load_mnist
 from mnistgen.paths import MODELS_DIR
 from mnistgen.utils import UserError, add_common_args, pick_device, nonnegative_int, run_cli, take_first
-from realnvp.realnvp import (DEFAULT_PATH, MULTISCALE_PATH, draw_samples, evaluate_bpd, inpaint_mse, is_split, load,
+from realnvp.realnvp import (DEFAULT_PATH, SHIPPED_PATHS, draw_samples, evaluate_bpd, inpaint_mse, is_split, load,
                              masked_inputs, nearest_neighbour, run_inpainting)
 
 LIVE_IMAGES = 20
@@ -46,7 +46,7 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     nearest-neighbour baseline's on the same images}."""
     model = model.to(device).eval()
     test_images = load_mnist(train=False, data_root=data_root)[0]
-    name = (DEFAULT_PATH if is_split(model) else MULTISCALE_PATH).stem
+    name = SHIPPED_PATHS["split" if is_split(model) else "multiscale"].stem   # realnvp or realnvp_multiscale
     numbers = dict(test_bpd=evaluate_bpd(model, test_images), num_samples=NUM_SAMPLES,
                    recorded=recorded(recorded_paths(name)))
     if num_images:

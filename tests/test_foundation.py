@@ -1,6 +1,7 @@
 """Data loading, checkpoint I/O, the scoring classifier and the CLI error paths."""
 import dataclasses
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -260,6 +261,32 @@ def entry_scripts():
 
 
 @pytest.mark.slow  # an interpreter importing torch per script
+@pytest.mark.parametrize("script, has, lacks", [
+    ("vae/vae.py", ["--eval", "--load_path", "--num_epochs"], []),
+    ("vae/train.py", ["--num_epochs", "--temperature", "--seed"], ["--eval", "--load_path"]),
+    ("vae/evaluate.py", ["--load_path", "--grid_path", "--seed"], ["--eval", "--num_epochs"]),
+    ("vae/readme_figures.py", ["--figures_dir", "--temperatures"], ["--eval"]),
+    ("gan/gan.py", ["--eval", "--load_path", "--num_epochs"], []),
+    ("gan/train.py", ["--num_epochs", "--lr_decay_epochs", "--truncation"], ["--eval", "--load_path"]),
+    ("gan/evaluate.py", ["--load_path", "--grid_path", "--truncation"], ["--eval", "--num_epochs"]),
+])
+def test_every_script_prints_its_flags(script, has, lacks):
+    proc = run_script([script, "--help"])
+    assert proc.returncode == 0 and "usage:" in proc.stdout
+    flags = set(re.findall(r"^  (--\w+)", proc.stdout, re.M))  # the options the help lists
+    assert set(has) <= flags and not set(lacks) & flags
+
+
+@pytest.mark.parametrize("model", ["vae", "gan"])
+def test_the_starter_command_runs_from_inside_its_folder(tmp_path, model):
+    """`cd vae && python vae.py --eval ...` without the editable install (-S): the script finds the repository's
+    packages itself, and the folder's vae.py does not shadow the package vae (the same for the GAN)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-S", f"{model}.py", "--eval", "--load_path", str(tmp_path / "none.pt")],
+                          cwd=REPO_ROOT / model, env=env, capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "no checkpoint at")
+
+
 def test_entry_scripts_run_without_the_editable_install():
     """`python ebm/main.py ...` from a plain clone: `-S` skips site-packages' .pth files (the editable
     install), PYTHONPATH still provides torch and friends; every script must import and print --help."""

@@ -2,11 +2,9 @@
 samples files, and the shipped checkpoint (slow)."""
 import dataclasses
 import os
-import re
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 
 import numpy as np
@@ -190,30 +188,6 @@ def test_eval_writes_the_assignment_format(tiny_run, tmp_path, monkeypatch, caps
     assert (tmp_path / "vae_generated_samples.png").is_file()  # the grid goes to the current folder
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae_generated_samples.png", "vae_generated_samples.pt"]
     assert "active units" in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------------------------------------- the scripts' flags
-
-@pytest.mark.parametrize("script, has, lacks", [
-    ("vae/vae.py", ["--eval", "--load_path", "--num_epochs"], []),
-    ("vae/train.py", ["--num_epochs", "--temperature", "--seed"], ["--eval", "--load_path"]),
-    ("vae/evaluate.py", ["--load_path", "--grid_path", "--seed"], ["--eval", "--num_epochs"]),
-    ("vae/readme_figures.py", ["--figures_dir", "--temperatures"], ["--eval"]),
-])
-def test_every_script_prints_its_flags(script, has, lacks):
-    proc = run_script([script, "--help"])
-    assert proc.returncode == 0 and "usage:" in proc.stdout
-    flags = set(re.findall(r"^  (--\w+)", proc.stdout, re.M))  # the options the help lists
-    assert set(has) <= flags and not set(lacks) & flags
-
-
-def test_the_starter_command_runs_from_inside_its_folder(tmp_path):
-    """`cd vae && python vae.py --eval ...` without the editable install (-S): the script finds the repository's
-    packages itself, and the folder's vae.py does not shadow the package vae."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": sysconfig.get_paths()["purelib"], "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-S", "vae.py", "--eval", "--load_path", str(tmp_path / "none.pt")],
-                          cwd=REPO_ROOT / "vae", env=env, capture_output=True, text=True, timeout=300)
-    assert_one_line_error(proc, "no checkpoint at")
 
 
 # ---------------------------------------------------------------------------------------------- bad inputs
