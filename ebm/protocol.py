@@ -44,18 +44,25 @@ def per_image_mse(a, b):
     return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
 
 
+def inpaint(trainer, corrupted, mask, seed, batch_size=1000, progress=False, **overrides):
+    """`Trainer.inpainting` of `corrupted` (N, 1, 28, 28) in batches, on any `mask` (True where a pixel may change),
+    with Langevin noise from a generator seeded with seed + 1: the recovery of --play for the protocol's corruption,
+    and the EBM's inpainting of any other."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    recovered = []
+    starts = range(0, len(corrupted), batch_size)
+    for start in tqdm(starts, desc="inpainting", disable=not progress, leave=False):
+        sl = slice(start, start + batch_size)
+        recovered.append(trainer.inpainting(corrupted[sl], mask[sl], generator=generator, **overrides).cpu())
+    return torch.cat(recovered)
+
+
 def evaluate_inpainting(trainer, images, seed=42, batch_size=1000, progress=False, **overrides):
     """Corrupt `images` with the protocol's noise (fixed seed) and inpaint them in batches.
 
     Returns dict(recovered, corrupted, mask, mse (per image), mse_corrupted, mse_interpolation)."""
     corrupted, mask = corrupt(images, seed)
-    generator = torch.Generator().manual_seed(seed + 1)  # Langevin noise
-    recovered = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="inpainting", disable=not progress, leave=False):
-        sl = slice(start, start + batch_size)
-        recovered.append(trainer.inpainting(corrupted[sl], mask[sl], generator=generator, **overrides).cpu())
-    recovered = torch.cat(recovered)
+    recovered = inpaint(trainer, corrupted, mask, seed, batch_size, progress, **overrides)
     return dict(recovered=recovered, corrupted=corrupted, mask=mask, mse=per_image_mse(images, recovered),
                 mse_corrupted=per_image_mse(images, corrupted),
                 mse_interpolation=per_image_mse(images, row_interpolation(corrupted, mask)))

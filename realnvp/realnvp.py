@@ -576,3 +576,14 @@ def run_inpainting(model, corrupted, mask, savedir, batch=100):
                                     savedir if start == 0 else scratch)
             out.append(imgs.detach().cpu().reshape(len(chunk), -1))
     return torch.cat(out)
+
+
+def inpaint_pixels(model, corrupted, mask, batch=100):
+    """The skeleton's gradient ascent (`run_inpainting`, pictures discarded) on any mask: `corrupted` (N, 784) in
+    [0, 1], `mask` (N, 784) True where a pixel may change. Pixels at exactly 0 or 1 (infinite logits, as clipped
+    noise gives) start at LO or HI; the observed pixels are returned as given. On the protocol's input (already in
+    [LO, HI]) the masked pixels are run_inpainting's, bit for bit."""
+    start = torch.where((corrupted <= 0) | (corrupted >= 1), corrupted.clamp(LO, HI), corrupted)
+    with tempfile.TemporaryDirectory() as scratch:
+        recovered = run_inpainting(model, start, mask, scratch, batch)
+    return torch.where(mask, recovered, corrupted)
