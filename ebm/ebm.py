@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from mnistgen.checkpoint import load_model, save_checkpoint
 from mnistgen.training import TrainingDiverged
-from mnistgen.utils import MODELS_DIR
+from mnistgen.utils import LR_RANGE, MODELS_DIR, Range, UserError, check_ranges
 
 __all__ = ["EBMConfig", "MlpBackbone", "Trainer", "TrainingDiverged", "build", "load", "row_corruption", "KIND",
            "CHECKPOINT_NAMES", "DEFAULT_PATH", "INPAINT_KEYS"]
@@ -58,13 +58,25 @@ class EBMConfig:
     inpaint_start_mix_clipped: float = 0.7   # ... with this mix where the observation was clipped to 0 or 1
     inpaint_shifts: Tuple[int, ...] = (0, 1, -1, 2, -2)  # horizontal shifts (pixels) the result is averaged over
 
+    # The values each field accepts, checked for the flags (ebm/main.py) and for a checkpoint's config alike. Sizes
+    # and steps are bounded so that a config cannot ask for terabytes or days; shifts stay within the 4-pixel margin
+    # around MNIST's 20x20 digit box (a larger roll wraps strokes around the image: a far worse MSE).
+    RANGES = dict(input_shape=Range(1, 64), hidden_size=Range(1, 4096), buffer_size=Range(1, 100000),
+                  langevin_k=Range(1, 1000), langevin_noise_std=Range(0, 1, integer=False),
+                  langevin_lr=Range(0, 1000, integer=False, low_open=True), replay_p=Range(0, 1, integer=False),
+                  lr=LR_RANGE, l2_coef=Range(0, 1000, integer=False),
+                  proj_norm=Range(0, math.inf, integer=False, low_open=True),
+                  inpaint_neg_p=Range(0, 1, integer=False), inpaint_steps=Range(1, 10000),
+                  inpaint_step_size=Range(0, 1000, integer=False), inpaint_noise_std=Range(0, 1, integer=False),
+                  inpaint_chains=Range(1, 8), inpaint_grad_clip=Range(0, math.inf, integer=False, low_open=True),
+                  inpaint_fidelity=Range(0, 1, integer=False), inpaint_start_mix=Range(0, 1, integer=False),
+                  inpaint_start_mix_clipped=Range(0, 1, integer=False), inpaint_shifts=Range(-4, 4))
+
     def __post_init__(self):
-        for name in ("hidden_size", "buffer_size", "langevin_k", "inpaint_steps", "inpaint_chains"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("replay_p", "inpaint_neg_p", "inpaint_start_mix", "inpaint_start_mix_clipped"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be a probability, got {getattr(self, name)}")
+        check_ranges(self, self.RANGES)
+        if not self.inpaint_shifts or len(set(self.inpaint_shifts)) != len(self.inpaint_shifts):
+            raise ValueError(f"inpaint_shifts must be distinct integers in [-4, 4], at least one, "
+                             f"got {self.inpaint_shifts!r}")
 
     def inpainting(self):
         """The inpainting settings as `Trainer.inpaint_config` holds them: {steps: .., step_size: .., ...}."""
@@ -322,7 +334,11 @@ class Trainer:
         optimizer and replay buffer, is the run folder's last.pt). Refuses non-finite weights."""
         if not self.weights_finite():
             raise TrainingDiverged(f"refusing to save non-finite weights to {save_path}")
-        return save_checkpoint(save_path, KIND, self.config(), model=self.model.state_dict())
+        try:
+            config = self.config()
+        except ValueError as err:  # settings changed after loading (benchmarks/ebm_export.py) outside their ranges
+            raise UserError(f"not saved to {save_path}: {err}") from None
+        return save_checkpoint(save_path, KIND, config, model=self.model.state_dict())
 
     def load(self, load_pth, evaluate=True):
         """Load the weights and inpainting settings of a checkpoint (file, or folder holding ebm.pt, shipped.pt

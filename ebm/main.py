@@ -22,9 +22,9 @@ from ebm.protocol import VAL_IMAGES, evaluate_inpainting
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write, ensure_writable
 from mnistgen.training import StopEarly, Task, add_run_args, fit, run_options
-from mnistgen.utils import (REPO_ROOT, CsvLog, UserError, add_common_args, nonnegative_float, pick_device,
-                            plot_curves, positive_float, positive_int, probability, run_cli, save_image_grid,
-                            seed_everything, shown, take_first)
+from mnistgen.utils import (BATCH_SIZE_RANGE, REPO_ROOT, SEED_RANGE, CsvLog, UserError, add_common_args,
+                            pick_device, plot_curves, positive_int, run_cli, save_image_grid, seed_everything, shown,
+                            take_first)
 
 EVAL_EVERY = 500   # steps between checks of the held-out inpainting MSE (the best check is shipped)
 VAL_CHECK = 500    # held-out images of each check (of the VAL_IMAGES never trained on)
@@ -39,39 +39,39 @@ VAL_PANELS = {"held-out inpainting MSE": ["val_mse"]}
 PLAY_FIGURE = REPO_ROOT / "ebm_inpainting.png"  # --play's picture (git-ignored), wherever the command runs
 
 
-def optional_float(text):
-    """A float > 0, or 'none' for no bound (the starter's default None)."""
-    return None if text.lower() == "none" else positive_float(text)
+def optional_proj_norm(text):
+    """--proj_norm: 'none' for no bound (the starter's default None), else a float in EBMConfig's range."""
+    return None if text.lower() == "none" else EBMConfig.RANGES["proj_norm"](text)
 
 
 def build_parser():
-    c = EBMConfig
+    c, accepted = EBMConfig, EBMConfig.RANGES  # the flags of config fields take the fields' ranges
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=42, help="seed of training and of the --play noise (default: 42)")
+    p.add_argument("--seed", type=SEED_RANGE, default=42, help="seed of training and of the --play noise (default: 42)")
     p.add_argument("--play", action="store_true", help="evaluate the inpainting of --load_dir instead of training")
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="--play: checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
                         f"(default: {shown(DEFAULT_PATH)})")
-    p.add_argument("--batch_size", type=positive_int, default=128, help="training batch size (default: 128)")
-    p.add_argument("--buffer_size", type=positive_int, default=c.buffer_size,
+    p.add_argument("--batch_size", type=BATCH_SIZE_RANGE, default=128, help="training batch size (default: 128)")
+    p.add_argument("--buffer_size", type=accepted["buffer_size"], default=c.buffer_size,
                    help=f"replay buffer capacity (default: {c.buffer_size})")
-    p.add_argument("--langevin_k", type=positive_int, default=c.langevin_k,
+    p.add_argument("--langevin_k", type=accepted["langevin_k"], default=c.langevin_k,
                    help=f"Langevin steps per negative (default: {c.langevin_k})")
-    p.add_argument("--langevin_noise_std", type=nonnegative_float, default=c.langevin_noise_std,
+    p.add_argument("--langevin_noise_std", type=accepted["langevin_noise_std"], default=c.langevin_noise_std,
                    help=f"std of the Langevin noise per step (default: {c.langevin_noise_std})")
-    p.add_argument("--langevin_lr", type=positive_float, default=c.langevin_lr,
+    p.add_argument("--langevin_lr", type=accepted["langevin_lr"], default=c.langevin_lr,
                    help=f"Langevin step size (default: {c.langevin_lr:g})")
-    p.add_argument("--replay_p", type=probability, default=c.replay_p,
+    p.add_argument("--replay_p", type=accepted["replay_p"], default=c.replay_p,
                    help=f"probability a negative restarts from the replay buffer, else U(0,1) noise "
                         f"(default: {c.replay_p})")
-    p.add_argument("--lr", type=positive_float, default=c.lr,
+    p.add_argument("--lr", type=accepted["lr"], default=c.lr,
                    help=f"Adam learning rate, betas (0, 0.999) (default: {c.lr:g})")
-    p.add_argument("--l2_coef", type=nonnegative_float, default=c.l2_coef,
+    p.add_argument("--l2_coef", type=accepted["l2_coef"], default=c.l2_coef,
                    help=f"alpha of the regulariser alpha*(E(x+)^2 + E(x-)^2) (default: {c.l2_coef:g})")
-    p.add_argument("--proj_norm", type=optional_float, default=c.proj_norm,
+    p.add_argument("--proj_norm", type=optional_proj_norm, default=c.proj_norm,
                    help=f"clip each pixel's Langevin gradient to [-proj_norm, proj_norm]; 'none' = no clip "
                         f"(default: {c.proj_norm})")
-    p.add_argument("--inpaint_neg_p", type=probability, default=c.inpaint_neg_p,
+    p.add_argument("--inpaint_neg_p", type=accepted["inpaint_neg_p"], default=c.inpaint_neg_p,
                    help="fraction of negatives started from row-corrupted training images, Langevin on the corrupted "
                         f"rows only (task-aware CD; 0 = plain IGEBM; default: {c.inpaint_neg_p})")
     add_run_args(p, logdir="runs/ebm", save_path="models/ebm.pt", epochs=40)

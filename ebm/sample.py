@@ -15,11 +15,12 @@ if not __package__:  # run as a script: make the repository's packages importabl
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.unconditional import print_sample_scores, sample_references
-from ebm.ebm import DEFAULT_PATH, load
+from ebm.ebm import DEFAULT_PATH, EBMConfig, load
 from ebm.protocol import SAMPLE_STEP_SIZE, SAMPLE_STEPS, START_KINDS, draw_samples, smoothed_noise, start_mixture
 from mnistgen.files import ensure_writable
 from mnistgen.paths import RUNS_DIR
-from mnistgen.utils import add_common_args, pick_device, positive_float, positive_int, run_cli, save_image_grid, shown
+from mnistgen.utils import (NUM_SAMPLES_RANGE, SEED_RANGE, add_common_args, pick_device, run_cli,
+                            save_image_grid, shown)
 
 FIGURE = RUNS_DIR / "ebm_samples.png"  # the grid's default place (git-ignored), wherever the command runs
 
@@ -29,17 +30,17 @@ def build_parser():
     p.add_argument("--load_dir", default=str(DEFAULT_PATH),
                    help="checkpoint file, or a folder holding ebm.pt / shipped.pt / best.pt "
                         f"(default: {shown(DEFAULT_PATH)})")
-    p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
-    p.add_argument("--sample_steps", type=positive_int, default=SAMPLE_STEPS,
+    p.add_argument("--num_samples", type=NUM_SAMPLES_RANGE, default=1000, help="samples drawn (default: 1000)")
+    p.add_argument("--sample_steps", type=EBMConfig.RANGES["inpaint_steps"], default=SAMPLE_STEPS,
                    help=f"Langevin steps per sample (default: {SAMPLE_STEPS})")
-    p.add_argument("--step_size", type=positive_float, default=SAMPLE_STEP_SIZE,
+    p.add_argument("--step_size", type=EBMConfig.RANGES["langevin_lr"], default=SAMPLE_STEP_SIZE,
                    help=f"Langevin step size (default: {SAMPLE_STEP_SIZE:g})")
     p.add_argument("--start", default="mixture", choices=START_KINDS,
                    help="where the chains start: draws of a Gaussian mixture fitted to the training images "
                         "(default), or 3x3-smoothed U(0, 1) noise")
     p.add_argument("--start_figure", default=None,
                    help="also write a PNG grid of 100 draws of the chains' start (default: none)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the chains and of the references (default: 42)")
+    p.add_argument("--seed", type=SEED_RANGE, default=42, help="seed of the chains and of the references (default: 42)")
     p.add_argument("--figure", default=str(FIGURE),
                    help=f"PNG grid of the first 100 samples (default: {shown(FIGURE)} in the repository)")
     return add_common_args(p)

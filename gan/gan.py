@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from mnistgen.checkpoint import load_model
 from mnistgen.training import add_run_args
-from mnistgen.utils import (MODELS_DIR, UserError, add_common_args, nonnegative_float, nonnegative_int, pick_device,
-                            positive_float, positive_int, probability, run_cli)
+from mnistgen.utils import (BATCH_SIZE_RANGE, EPOCHS_RANGE, LR_RANGE, MODELS_DIR, SEED_RANGE, Range, UserError,
+                            add_common_args, check_ranges, pick_device, probability, run_cli)
 
 KIND = "gan"
 DEFAULT_PATH = MODELS_DIR / "gan.pt"
@@ -140,6 +140,15 @@ class GANConfig:
     hidden_size: int
     truncation: float = 0.8  # scale of z in Generator.sample (see there and gan/README.md)
 
+    # The values each field accepts, for a checkpoint's config and for the flag of the same name alike (sizes
+    # bounded so that a config cannot ask for terabytes before the first error; truncation 0 would draw one
+    # image per class, a huge one images of overflowed features).
+    RANGES = dict(latent_dim=Range(1, 4096), label_dim=Range(1, 100), img_dim=Range(1, 64),
+                  hidden_size=Range(1, 2048), truncation=Range(0, 10, integer=False, low_open=True))
+
+    def __post_init__(self):
+        check_ranges(self, self.RANGES)
+
 
 def build(config):
     """A freshly initialised generator of `config` (its truncation set)."""
@@ -189,9 +198,9 @@ def one_hot(labels, n=LABEL_DIM):
 def new_parser(description):
     """A parser with the flags of every GAN command: --seed, --truncation, --device, --data_root."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seed", type=int, default=SEED,
+    p.add_argument("--seed", type=SEED_RANGE, default=SEED,
                    help=f"random seed of training and of --eval sampling (default: {SEED})")
-    p.add_argument("--truncation", type=positive_float, default=None,
+    p.add_argument("--truncation", type=GANConfig.RANGES["truncation"], default=None,
                    help="scale of z when sampling (truncation trick): training stores it in the checkpoint and uses it "
                         f"for the per-epoch scores (default: {GANConfig.truncation}); --eval overrides the "
                         "checkpoint's value with it (default: the checkpoint's)")
@@ -199,22 +208,22 @@ def new_parser(description):
 
 
 def add_train_args(p):
-    p.add_argument("--lr", type=positive_float, default=2e-4,
+    p.add_argument("--lr", type=LR_RANGE, default=2e-4,
                    help="Adam learning rate of both nets, betas (0.5, 0.999) (default: 2e-4)")
-    p.add_argument("--batch_size", type=positive_int, default=128, help="mini-batch size (default: 128)")
+    p.add_argument("--batch_size", type=BATCH_SIZE_RANGE, default=128, help="mini-batch size (default: 128)")
     add_run_args(p, logdir="runs/gan", save_path="models/gan.pt", epochs=30)
-    p.add_argument("--lr_decay_epochs", type=nonnegative_int, default=None,
+    p.add_argument("--lr_decay_epochs", type=Range(0, EPOCHS_RANGE.high), default=None,
                    help="linear learning-rate decay towards 0 over this many final epochs; 0: constant "
                         "(default: half of --num_epochs, 15 of 30)")
     p.add_argument("--ema_decay", type=probability, default=0.999,
                    help="EMA decay of the generator weights that are evaluated and shipped; 0: no EMA (default: 0.999)")
     p.add_argument("--label_smoothing", type=probability, default=0.1,
                    help="one-sided label smoothing: D's target for real images is 1 - this (default: 0.1)")
-    p.add_argument("--d_steps", type=positive_int, default=1,
+    p.add_argument("--d_steps", type=Range(1, 100), default=1,
                    help="discriminator updates per generator update (default: 1)")
-    p.add_argument("--mismatch", type=nonnegative_float, default=1.0,
+    p.add_argument("--mismatch", type=Range(0, 100, integer=False), default=1.0,
                    help="weight of the matching-aware D term: real images with wrong labels count as fake (default: 1)")
-    p.add_argument("--eval_samples", type=positive_int, default=1000,
+    p.add_argument("--eval_samples", type=Range(1, 100000), default=1000,
                    help="samples scored by the classifier after each epoch, a multiple of 10, at least 20 "
                         "(default: 1000)")
     p.add_argument("--min_accuracy", type=probability, default=0.99,

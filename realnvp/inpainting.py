@@ -25,7 +25,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 from mnistgen.data import load_mnist
 from mnistgen.files import atomic_write_text, ensure_writable, ensure_writable_dir
 from mnistgen.paths import REPO_ROOT
-from mnistgen.utils import UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid, take_first
+from mnistgen.utils import (SEED_RANGE, UserError, add_common_args, pick_device, positive_int, run_cli, save_image_grid,
+                            take_first)
 from realnvp import DEFAULT_PATH, inpaint_mse, load, masked_inputs, nearest_neighbour, run_inpainting
 from realnvp.realnvp import is_split, mode_inpainting
 
@@ -35,7 +36,7 @@ def build_parser():
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--load_path", default=str(DEFAULT_PATH),
                    help="checkpoint file or folder (default: models/realnvp.pt)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the dequantization and mask noise (default: 0)")
+    p.add_argument("--seed", type=SEED_RANGE, default=0, help="seed of the dequantization and mask noise (default: 0)")
     p.add_argument("--num_images", type=positive_int, default=100, help="images to inpaint (default: 100)")
     p.add_argument("--split", default="train", choices=["train", "test"],
                    help="take the first images of this split (default: train, as the graders)")

@@ -30,7 +30,7 @@ from torch.distributions.normal import Normal
 from tqdm import tqdm
 
 from mnistgen.checkpoint import load_model
-from mnistgen.utils import MODELS_DIR
+from mnistgen.utils import MODELS_DIR, Range, check_ranges
 
 KIND = "realnvp"
 DEFAULT_PATH = MODELS_DIR / "realnvp.pt"                        # the graders' flow (inpainting.py)
@@ -52,6 +52,11 @@ class RealNVPConfig:
     bn_momentum: float = 0.1              # BatchNormFlow's running-statistics momentum (the skeleton's)
     num_hidden: int = 512                 # split: hidden units of the bottom half's Gaussian coupling
 
+    # The values each field accepts (each value, for the tuples), for a checkpoint's config and for the flag of the
+    # same name alike: checked before a model is built, so that a config cannot ask for gigabytes first.
+    RANGES = dict(hidden=Range(1, 512), res_blocks=Range(0, 4), checker=Range(0, 16), channel=Range(0, 16),
+                  bn_momentum=Range(0, 1, integer=False), num_hidden=Range(1, 4096))
+
     def __post_init__(self):
         if self.arch not in ARCH_FIELDS:
             raise ValueError(f"unknown architecture {self.arch!r} (expected one of {', '.join(ARCH_FIELDS)})")
@@ -59,6 +64,7 @@ class RealNVPConfig:
         if (len(self.hidden), len(self.checker), len(self.channel)) != (levels, levels, levels - 1):
             raise ValueError(f"arch {self.arch}: hidden and checker take {levels} values (one per resolution), "
                              f"channel {levels - 1}")
+        check_ranges(self, self.RANGES)
 
 
 # The fields each architecture reads, and its resolutions (multiscale: 28x28, 14x14, 7x7; split: the top

@@ -16,7 +16,8 @@ if not __package__:  # run as a script: make the repository's packages importabl
 from classifier.unconditional import print_sample_scores, sample_references
 from mnistgen.files import ensure_writable
 from mnistgen.paths import RUNS_DIR
-from mnistgen.utils import add_common_args, pick_device, positive_float, positive_int, run_cli, save_image_grid
+from mnistgen.utils import (NUM_SAMPLES_RANGE, SEED_RANGE, add_common_args, pick_device, positive_float, run_cli,
+                            save_image_grid)
 from realnvp.realnvp import MULTISCALE_PATH, draw_samples, load
 
 DEFAULT_FIGURE = RUNS_DIR / "realnvp_samples.png"
@@ -27,10 +28,10 @@ def build_parser():
     p.add_argument("--load_path", default=str(MULTISCALE_PATH),
                    help="checkpoint file or folder (default: models/realnvp_multiscale.pt, the generator; "
                         "models/realnvp.pt is the graders' inpainting flow)")
-    p.add_argument("--num_samples", type=positive_int, default=1000, help="samples drawn (default: 1000)")
+    p.add_argument("--num_samples", type=NUM_SAMPLES_RANGE, default=1000, help="samples drawn (default: 1000)")
     p.add_argument("--temperature", type=positive_float, default=1.0,
                    help="standard deviation of the prior samples (default: 1.0, the model's own distribution)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the prior samples (default: 0)")
+    p.add_argument("--seed", type=SEED_RANGE, default=0, help="seed of the prior samples (default: 0)")
     p.add_argument("--figure", default=str(DEFAULT_FIGURE),
                    help="PNG grid of the first 100 samples (default: runs/realnvp_samples.png in the repository)")
     return add_common_args(p)

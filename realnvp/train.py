@@ -28,8 +28,9 @@ from mnistgen.checkpoint import half_state, load_model, load_state
 from mnistgen.data import load_mnist
 from mnistgen.files import ensure_writable_dir
 from mnistgen.training import Task, TrainingDiverged, check_outputs, fit, run_options
-from mnistgen.utils import (CsvLog, UserError, add_common_args, pick_device, plot_curves,
-                            positive_float, positive_int, run_cli, save_image_grid, seed_everything)
+from mnistgen.utils import (BATCH_SIZE_RANGE, EPOCHS_RANGE, LR_RANGE, SEED_RANGE, CsvLog, UserError,
+                            add_common_args, pick_device, plot_curves, positive_float, positive_int, run_cli,
+                            save_image_grid, seed_everything)
 from realnvp.realnvp import (ARCH_FIELDS, CHECKPOINT_NAMES, DEFAULT_PATH, KIND, NUM_INPUTS, PRESETS, SHIPPED_PATHS,
                              RealNVPConfig, bits_per_dim, build, evaluate_bpd, inpaint_mse, load, masked_inputs,
                              mode_inpainting, preprocess, recompute_batchnorm)
@@ -46,16 +47,6 @@ ARCH_FLAGS = ("hidden", "checker", "channel", "res_blocks", "num_hidden")
 # Command line
 
 
-def int_list(text):
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text}") from None
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text}")
-    return values
-
-
 def preset_defaults(field):
     """'split 16,48; multiscale 12,48,96': a config field's default in each preset that reads it (for help=)."""
     shown = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
@@ -70,23 +61,25 @@ def build_parser():
                    help="split: the graders' flow (a Gaussian p(bottom | top) times a multi-scale flow of the top "
                         "half); multiscale: the paper's multi-scale flow of the whole image (default: %(default)s). "
                         "The flags below override its preset")
-    p.add_argument("--batch_size", "--batch-size", type=positive_int, default=64, help="training batch size (default: 64)")
-    p.add_argument("--epochs", type=positive_int, default=None,
+    accepted = RealNVPConfig.RANGES  # the flags of config fields take the fields' ranges
+    p.add_argument("--batch_size", "--batch-size", type=BATCH_SIZE_RANGE, default=64,
+                   help="training batch size (default: 64)")
+    p.add_argument("--epochs", type=EPOCHS_RANGE, default=None,
                    help="training epochs (default: " + "; ".join(f"{a} {n}" for a, n in EPOCHS.items()) + ")")
-    p.add_argument("--lr", type=positive_float, default=1e-3,
+    p.add_argument("--lr", type=LR_RANGE, default=1e-3,
                    help=f"Adam learning rate, warmed up over {WARMUP} steps then cosine-decayed to 0 (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
-    p.add_argument("--hidden", type=int_list, default=None,
+    p.add_argument("--seed", type=SEED_RANGE, default=1, help="random seed (default: 1)")
+    p.add_argument("--hidden", type=accepted["hidden"].comma_list, default=None,
                    help="channels of the coupling nets per resolution (multiscale: 28x28, 14x14, 7x7; split: 14x28, "
                         f"7x14) (default: {preset_defaults('hidden')})")
-    p.add_argument("--checker", type=int_list, default=None,
+    p.add_argument("--checker", type=accepted["checker"].comma_list, default=None,
                    help=f"checkerboard couplings per resolution, 0 allowed (default: {preset_defaults('checker')})")
-    p.add_argument("--channel", type=int_list, default=None,
+    p.add_argument("--channel", type=accepted["channel"].comma_list, default=None,
                    help=f"channel couplings after each squeeze (default: {preset_defaults('channel')})")
-    p.add_argument("--res_blocks", type=int, choices=range(0, 5), default=None,
+    p.add_argument("--res_blocks", type=accepted["res_blocks"], default=None,
                    help="residual blocks (two 3x3 convolutions each) per coupling net "
                         f"(default: {preset_defaults('res_blocks')})")
-    p.add_argument("--num_hidden", type=positive_int, default=None,
+    p.add_argument("--num_hidden", type=accepted["num_hidden"], default=None,
                    help=f"split: hidden units of the Gaussian stage's MLP nets (default: {preset_defaults('num_hidden')})")
     p.add_argument("--bn_images", type=positive_int, default=10000,
                    help="training images for the per-epoch batch-norm statistics (default: 10000; the "

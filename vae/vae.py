@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from mnistgen.checkpoint import load_model
 from mnistgen.training import add_run_args
-from mnistgen.utils import (MODELS_DIR, REPO_ROOT, add_common_args, nonnegative_float, nonnegative_int, pick_device,
-                            positive_float, positive_int, probability, run_cli)
+from mnistgen.utils import (BATCH_SIZE_RANGE, EPOCHS_RANGE, LR_RANGE, MODELS_DIR, REPO_ROOT, SEED_RANGE, Range,
+                            add_common_args, check_ranges, pick_device, probability, run_cli)
 
 __all__ = ["VAEConfig", "CVAE", "build", "load", "generate_samples", "negative_elbo", "kl_divergence", "gaussian_nll",
            "one_hot", "main", "KIND", "DEFAULT_PATH", "DEFAULT_LOGDIR", "CHECKPOINT_NAMES", "SEED"]
@@ -65,14 +65,15 @@ class VAEConfig:
     # fidelity (0.8: the lowest per-class FID at >= 99% accuracy, vae/README.md)
     temperature: float = 0.8
 
+    # The values each field accepts, for a checkpoint's config and for the flag of the same name alike (sizes
+    # bounded so that a config cannot ask for terabytes before the first error).
+    RANGES = dict(img_size=Range(1, 64), label_size=Range(1, 100), latent_size=Range(1, 4096),
+                  hidden_size=Range(1, 2048), temperature=Range(0, 10, integer=False, low_open=True))
+
     def __post_init__(self):
-        if len(self.img_size) != 3 or min(self.img_size) <= 0:
-            raise ValueError(f"img_size must be (C, H, W) of positive sizes, got {self.img_size}")
-        for name in ("label_size", "latent_size", "hidden_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 < self.temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if len(self.img_size) != 3:
+            raise ValueError(f"img_size must be (C, H, W), got {self.img_size}")
+        check_ranges(self, self.RANGES)
 
 
 # homework: the CVAE (the starter fixes its layers; how the input fcs join the trunk and recon_logstd are ours)
@@ -210,27 +211,27 @@ def new_parser(description):
     """A parser with the flags of every VAE command: --seed, --device, --data_root."""
     p = add_common_args(argparse.ArgumentParser(description=description,
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--seed", type=int, default=SEED, help=f"random seed (training, and the samples of --eval) "
+    p.add_argument("--seed", type=SEED_RANGE, default=SEED, help=f"random seed (training, and the samples of --eval) "
                                                           f"(default: {SEED})")
     return p
 
 
 def add_train_args(p):
-    p.add_argument("--lr", type=positive_float, default=1e-3,
+    p.add_argument("--lr", type=LR_RANGE, default=1e-3,
                    help="peak Adam learning rate, cosine-decayed to 5%% (default: 1e-3)")
-    p.add_argument("--batch_size", type=positive_int, default=128, help="mini-batch size (default: 128)")
+    p.add_argument("--batch_size", type=BATCH_SIZE_RANGE, default=128, help="mini-batch size (default: 128)")
     add_run_args(p, logdir="runs/vae", save_path="models/vae.pt", epochs=70)
-    p.add_argument("--kl_warmup", type=nonnegative_float, default=5.0,
+    p.add_argument("--kl_warmup", type=Range(0, EPOCHS_RANGE.high, integer=False), default=5.0,
                    help="epochs of linear KL warm-up from 0 to 1; 0 = none (default: 5)")
-    p.add_argument("--recon_logstd_init", type=float, default=-1.0,
+    p.add_argument("--recon_logstd_init", type=Range(-10, 10, integer=False), default=-1.0,
                    help="initial log std of p(x|z,y), then learned (default: -1)")
-    p.add_argument("--temperature", type=positive_float, default=VAEConfig.temperature,
+    p.add_argument("--temperature", type=VAEConfig.RANGES["temperature"], default=VAEConfig.temperature,
                    help="std of the prior draws inside sample, stored in the shipped checkpoint; used by the "
                         f"per-epoch checks, the grids and the selection (default: {VAEConfig.temperature})")
-    p.add_argument("--check_per_class", type=nonnegative_int, default=100,
+    p.add_argument("--check_per_class", type=Range(0, 10000), default=100,
                    help="samples per class scored by the classifier after each epoch to pick the shipped epoch; "
                         "0 = off: the last epoch is shipped (default: 100)")
-    p.add_argument("--finalists", type=positive_int, default=3,
+    p.add_argument("--finalists", type=Range(1, 100), default=3,
                    help="epochs with the lowest check per-class FID re-scored (with the last epoch) on the "
                         "10,000 samples of --eval at the end to pick the shipped one (default: 3)")
     p.add_argument("--min_accuracy", type=probability, default=0.99,
