@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mnistgen.checkpoint import load_model
+from mnistgen.checkpoint import check_tensors, load_model
 from mnistgen.data import load_mnist
 from mnistgen.utils import MODELS_DIR, UserError
 
@@ -90,18 +90,30 @@ def predict(model, images, batch_size=1000):
 
 
 def gaussian_stats(features):
+    """(mean, covariance) of features (N, d); NaN where undefined (fewer than two rows, non-finite features),
+    without numpy's warnings about it."""
     f = features.double().numpy()
-    return f.mean(0), np.cov(f, rowvar=False)
+    with np.errstate(all="ignore"):
+        if len(f) < 2:
+            return np.full(f.shape[1], np.nan) if len(f) == 0 else f[0].copy(), np.full((f.shape[1],) * 2, np.nan)
+        return f.mean(0), np.cov(f, rowvar=False)
 
 
 def frechet_distance(stats_a, stats_b):
     """||mu_a - mu_b||^2 + tr(Sa + Sb - 2 (Sa Sb)^(1/2)), with the trace of the square root taken
-    as the sum of sqrt-eigenvalues of Sa^(1/2) Sb Sa^(1/2) (symmetric, so eigh is stable)."""
+    as the sum of sqrt-eigenvalues of Sa^(1/2) Sb Sa^(1/2) (symmetric, so eigh is stable).
+    NaN when it is undefined: statistics that are not finite (`fid_notes` says why), or an eigen-decomposition
+    that does not converge; never an exception, so every caller can print n/a."""
     (mu_a, cov_a), (mu_b, cov_b) = stats_a, stats_b
-    vals, vecs = np.linalg.eigh(cov_a)
-    sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
-    middle = sqrt_a @ cov_b @ sqrt_a
-    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    if not all(np.isfinite(a).all() for a in (mu_a, cov_a, mu_b, cov_b)):
+        return float("nan")
+    try:
+        vals, vecs = np.linalg.eigh(cov_a)
+        sqrt_a = (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+        middle = sqrt_a @ cov_b @ sqrt_a
+        trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
+    except np.linalg.LinAlgError:
+        return float("nan")
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
 
 
@@ -112,6 +124,7 @@ def check_samples(samples, name="samples"):
     imgs, labels = samples["imgs"], samples["labels"]
     if not torch.is_tensor(imgs) or not torch.is_tensor(labels):
         raise UserError(f"{name}: 'imgs' and 'labels' must be tensors")
+    check_tensors({"imgs": imgs, "labels": labels}, name)  # dense, on the CPU, finite
     if imgs.dim() != 4 or tuple(imgs.shape[1:]) != (1, 28, 28):
         raise UserError(f"{name}: 'imgs' must have shape (N, 1, 28, 28), got {tuple(imgs.shape)}")
     if not torch.is_floating_point(imgs):
@@ -130,13 +143,21 @@ def check_samples(samples, name="samples"):
     return imgs.float(), labels.long()
 
 
-def fid_notes(labels):
-    """Why the FIDs of a set with these labels (int64 (N,)) are undefined; empty when both are defined.
-    A Frechet distance compares covariances, and a covariance needs at least two images (of each class
-    present, for the per-class FID)."""
+def fid_notes(labels, features=None):
+    """Why the FIDs of a set with these labels (int64 (N,); None for an unlabelled set, which has no per-class FID)
+    are undefined; empty when both are defined. A Frechet distance compares covariances, and a covariance needs at
+    least two images (of each class present, for the per-class FID) and finite classifier features (N, d), when
+    they are given. A FID that is NaN with no note here is one whose eigen-decomposition failed."""
+    count = len(labels if labels is not None else features)
     notes = []
-    if len(labels) < 2:
-        notes.append(f"FID needs at least two images to estimate a covariance; the set has {len(labels)}")
+    if count < 2:
+        notes.append(f"FID needs at least two images to estimate a covariance; the set has {count}")
+    if features is not None and not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features)).any(1).sum())
+        notes.append(f"the classifier's features of {bad} of the {count} images are NaN or infinite "
+                     "(images with NaN or huge values)")
+    if labels is None:
+        return notes
     single = [c for c, n in enumerate(torch.bincount(labels, minlength=10).tolist()) if n == 1]
     if single:
         which = f"class {single[0]} has" if len(single) == 1 else f"classes {', '.join(map(str, single))} have"

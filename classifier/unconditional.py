@@ -3,22 +3,31 @@ it predicts and the FID to the test set in its feature space; and the two refere
 
 Used by the EBM and RealNVP (their sample.py, `figures`); written for any model that samples without labels.
 """
+import math
+
 import torch
 
-from classifier.model import frechet_distance, gaussian_stats, get_scorer, predict
+from classifier.model import fid_notes, frechet_distance, gaussian_stats, get_scorer, predict
 from mnistgen.data import load_mnist
 from mnistgen.utils import UserError
 
 
 def sample_quality(images, device, data_root=None):
     """dict(confidence: mean max-softmax probability, counts: predicted-class counts (10 ints), fid: Frechet
-    distance to the 10,000 test images in the classifier's features) of images (N, 1, 28, 28) in [0, 1].
-    Raises a one-line UserError when the classifier is not shipped yet."""
+    distance to the 10,000 test images in the classifier's features; NaN when undefined) of images (N, 1, 28, 28)
+    in [0, 1]. Raises a one-line UserError when the classifier is not shipped yet."""
+    return _scores(images, device, data_root)[0]
+
+
+def _scores(images, device, data_root):
+    """(sample_quality's dict, why its FID is NaN or None)."""
     scorer = get_scorer(device, data_root)
     probs, feats = predict(scorer.model, images)
-    return dict(confidence=probs.max(1).values.mean().item(),
-                counts=torch.bincount(probs.argmax(1), minlength=10).tolist(),
-                fid=frechet_distance(gaussian_stats(feats), scorer.ref_all))
+    fid = frechet_distance(gaussian_stats(feats), scorer.ref_all)
+    why = "; ".join(fid_notes(None, feats) or ["the eigen-decomposition of the covariances failed"])
+    return (dict(confidence=probs.max(1).values.mean().item(),
+                 counts=torch.bincount(probs.argmax(1), minlength=10).tolist(), fid=fid),
+            why if math.isnan(fid) else None)
 
 
 def sample_references(n, data_root=None, seed=42):
@@ -35,8 +44,10 @@ def print_sample_scores(sets, device, data_root=None):
     scores = {}
     try:
         for name, images in sets.items():
-            q = scores[name] = sample_quality(images, device, data_root)
-            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {q['fid']:.2f} "
+            q, why_no_fid = _scores(images, device, data_root)
+            scores[name] = q
+            fid = f"n/a ({why_no_fid})" if why_no_fid else f"{q['fid']:.2f}"
+            print(f"{name}: classifier confidence {q['confidence']:.3f}, FID to the test set {fid} "
                   f"(classifier features), predicted class counts {q['counts']}")
     except UserError as err:
         print(f"no classifier scores: {err}")
