@@ -11,12 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from classifier.model import DEFAULT_PATH, check_samples, fid_notes, format_score, get_scorer, reference_scores
+from mnistgen.checkpoint import load_tensors
 from mnistgen.utils import UserError, add_common_args, pick_device, run_cli, shown
 
 
@@ -24,11 +23,7 @@ def load_samples(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no samples file at {path}")
-    try:
-        samples = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"{path} is not a readable samples file ({type(err).__name__})") from None
-    return check_samples(samples, name=str(path))
+    return check_samples(load_tensors(path, "samples file"), name=str(path))
 
 
 @run_cli

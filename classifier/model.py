@@ -12,12 +12,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnistgen.cache import cached, tensor_digest, weights_digest
 from mnistgen.checkpoint import check_tensors, load_model
-from mnistgen.data import load_mnist
-from mnistgen.utils import MODELS_DIR, UserError
+from mnistgen.data import SHA256 as MNIST_SHA256, find_root, load_mnist
+from mnistgen.utils import MODELS_DIR, Range, UserError, check_ranges
 
 KIND = "classifier"
 DEFAULT_PATH = MODELS_DIR / "classifier.pt"
+STATS_VERSION = 1  # of the cached statistics: bump when predict, gaussian_stats or the references change
 
 
 def conv_block(c_in, c_out):
@@ -29,6 +31,10 @@ class ClassifierConfig:
     """The classifier's constructor settings; stored in its checkpoint, rebuilt by `load`."""
     width: int = 32         # channels of the first conv layers
     feature_dim: int = 128  # the penultimate features in which the FIDs are measured
+    RANGES = dict(width=Range(1, 512), feature_dim=Range(1, 4096))  # a flag and a checkpoint are held to these
+
+    def __post_init__(self):
+        check_ranges(self, self.RANGES)
 
 
 class MnistClassifier(nn.Module):
@@ -165,19 +171,54 @@ def fid_notes(labels, features=None):
     return notes
 
 
+def reference_statistics(model, test_images, test_labels):
+    """What samples are scored against: the Gaussian statistics (mean, covariance; float64 tensors) of the
+    classifier's features of the test images, overall and per class, and its accuracy on them."""
+    probs, feats = predict(model, test_images)
+    stats = lambda f: tuple(torch.from_numpy(a) for a in gaussian_stats(f))
+    return dict(all=stats(feats), per_class=[stats(feats[test_labels == c]) for c in range(10)],
+                accuracy=(probs.argmax(1) == test_labels).float().mean().item())
+
+
+def stats_key(model, what, **details):
+    """The cache key of figures of `model` on MNIST: its weights, the MNIST files (verified against these
+    SHA-256 sums whenever they are read), the version of the code computing them, and where it runs (the device
+    kind and torch's thread count, whose reductions may round differently)."""
+    device = next(model.parameters()).device.type
+    return dict(what=what, version=STATS_VERSION, classifier=weights_digest(model), mnist=MNIST_SHA256,
+                device=device, threads=torch.get_num_threads(), **details)
+
+
+def cached_reference_statistics(model, data_root=None):
+    """`reference_statistics` of the 10,000 test images, computed once per classifier and kept on disk."""
+    find_root(data_root)  # the data must be there and verified, as when the figures are computed
+    return cached("classifier-test-reference", stats_key(model, "test reference"),
+                  lambda: reference_statistics(model, *load_mnist(train=False, data_root=data_root)))
+
+
 class Scorer:
     """Scores sets of digit images against reference statistics of the 10,000 test images."""
 
-    def __init__(self, model, test_images, test_labels):
+    def __init__(self, model, reference):
         self.model = model
-        _, feats = predict(model, test_images)
-        self.ref_all = gaussian_stats(feats)
-        self.ref_class = {c: gaussian_stats(feats[test_labels == c]) for c in range(10)}
+        as_numpy = lambda stats: tuple(t.numpy() for t in stats)
+        self.ref_all = as_numpy(reference["all"])
+        self.ref_class = {c: as_numpy(s) for c, s in enumerate(reference["per_class"])}
+        self.test_accuracy = reference["accuracy"]
+        self.reference_digest = tensor_digest(*reference["all"], *[t for s in reference["per_class"] for t in s])
         self.references = {}  # reference_scores' cache
+
+    def cache_key(self, what, *inputs):
+        """The disk cache's key of figures of `inputs` (tensors) scored against this scorer's references."""
+        return stats_key(self.model, what, reference=self.reference_digest, inputs=tensor_digest(*inputs))
 
     def score(self, imgs, labels):
         """Accuracy, confidence and FIDs of images (N, 1, 28, 28) with labels (N,); a FID that `fid_notes`
-        says is undefined is NaN."""
+        says is undefined is NaN. The same images scored again are read from the disk cache."""
+        return cached("classifier-scores", self.cache_key("scores", imgs, labels),
+                      lambda: self.compute_score(imgs, labels))
+
+    def compute_score(self, imgs, labels):
         probs, feats = predict(self.model, imgs)
         pred = probs.argmax(1)
         correct = (pred == labels).float()
@@ -219,28 +260,29 @@ _SCORERS = {}
 
 
 def get_scorer(device="cpu", data_root=None, path=DEFAULT_PATH):
-    """The project's Scorer (shipped classifier + test-set statistics), built once per process.
-    Raises a one-line UserError when the classifier checkpoint is missing."""
+    """The project's Scorer (shipped classifier + test-set statistics), built once per process, its statistics
+    read from the disk cache. Raises a one-line UserError when the classifier checkpoint is missing."""
     key = (str(device), str(data_root), str(path))
     if key not in _SCORERS:
         model = load(path, device)
-        test_images, test_labels = load_mnist(train=False, data_root=data_root)
-        _SCORERS[key] = Scorer(model, test_images, test_labels)
+        _SCORERS[key] = Scorer(model, cached_reference_statistics(model, data_root))
     return _SCORERS[key]
 
 
 def reference_scores(scorer, data_root=None, seed=0):
     """Scores of two references: 10,000 real training images (the floor a perfect generator
-    reaches) and a mode-collapsed set (10 test images per class, each repeated 100 times)."""
+    reaches) and a mode-collapsed set (10 test images per class, each repeated 100 times); cached on disk."""
     key = (str(data_root), seed)
     if key not in scorer.references:
-        train_images, train_labels = load_mnist(train=True, data_root=data_root)
-        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:10000]
-        test_images, test_labels = load_mnist(train=False, data_root=data_root)
-        scorer.references[key] = dict(
-            real=scorer.score(train_images[pick], train_labels[pick]),
-            collapsed=scorer.score(*collapsed_reference(test_images, test_labels, seed=seed)),
-        )
+        def compute():
+            train_images, train_labels = load_mnist(train=True, data_root=data_root)
+            pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[:10000]
+            test_images, test_labels = load_mnist(train=False, data_root=data_root)
+            return dict(real=scorer.score(train_images[pick], train_labels[pick]),
+                        collapsed=scorer.score(*collapsed_reference(test_images, test_labels, seed=seed)))
+        find_root(data_root)
+        scorer.references[key] = cached("classifier-reference-scores",
+                                        stats_key(scorer.model, "reference scores", seed=seed), compute)
     return scorer.references[key]
 
 
@@ -255,7 +297,6 @@ def figures(model, device, data_root=None):
     """The main job's numbers of a classifier: its test accuracy, and the scores (FID, per-class FID, ...)
     of the two references in its feature space: 10,000 real training images (the floor) and the
     collapsed set."""
-    scorer = Scorer(model.to(device).eval(), *load_mnist(train=False, data_root=data_root))
+    scorer = Scorer(model.to(device).eval(), cached_reference_statistics(model, data_root))
     refs = reference_scores(scorer, data_root)
-    return dict(test_accuracy=accuracy_on_test_set(scorer.model, data_root), real=refs["real"],
-                collapsed=refs["collapsed"])
+    return dict(test_accuracy=scorer.test_accuracy, real=refs["real"], collapsed=refs["collapsed"])

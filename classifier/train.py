@@ -20,7 +20,7 @@ if not __package__:  # run as a script: make the repository's packages importabl
 from classifier.model import DEFAULT_PATH, KIND, ClassifierConfig, accuracy_on_test_set, augment, build, load
 from mnistgen.data import batches, load_mnist
 from mnistgen.training import Task, add_run_args, fit, run_options
-from mnistgen.utils import (BATCH_SIZE_RANGE, LR_RANGE, SEED_RANGE, Range, add_common_args, pick_device, run_cli,
+from mnistgen.utils import (BATCH_SIZE_RANGE, LR_RANGE, SEED_RANGE, add_common_args, pick_device, run_cli,
                             seed_everything, shown)
 
 
@@ -29,7 +29,7 @@ def build_parser():
     p.add_argument("--batch_size", type=BATCH_SIZE_RANGE, default=128, help="mini-batch size (default: 128)")
     p.add_argument("--lr", type=LR_RANGE, default=3e-3,
                    help="peak learning rate of the one-cycle schedule (default: 3e-3)")
-    p.add_argument("--width", type=Range(1, 512), default=ClassifierConfig.width,
+    p.add_argument("--width", type=ClassifierConfig.RANGES["width"], default=ClassifierConfig.width,
                    help=f"channels of the first conv layers (default: {ClassifierConfig.width})")
     p.add_argument("--seed", type=SEED_RANGE, default=0, help="random seed (default: 0)")
     add_run_args(p, logdir="runs/classifier", save_path="models/classifier.pt", epochs=8, figures=False)

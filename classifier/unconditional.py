@@ -8,6 +8,7 @@ import math
 import torch
 
 from classifier.model import fid_notes, frechet_distance, gaussian_stats, get_scorer, predict
+from mnistgen.cache import cached
 from mnistgen.data import load_mnist
 from mnistgen.utils import UserError
 
@@ -20,14 +21,18 @@ def sample_quality(images, device, data_root=None):
 
 
 def _scores(images, device, data_root):
-    """(sample_quality's dict, why its FID is NaN or None)."""
+    """(sample_quality's dict, why its FID is NaN or None); the same images scored again (the main job's samples,
+    the references) are read from the disk cache."""
     scorer = get_scorer(device, data_root)
-    probs, feats = predict(scorer.model, images)
-    fid = frechet_distance(gaussian_stats(feats), scorer.ref_all)
-    why = "; ".join(fid_notes(None, feats) or ["the eigen-decomposition of the covariances failed"])
-    return (dict(confidence=probs.max(1).values.mean().item(),
-                 counts=torch.bincount(probs.argmax(1), minlength=10).tolist(), fid=fid),
-            why if math.isnan(fid) else None)
+
+    def compute():
+        probs, feats = predict(scorer.model, images)
+        fid = frechet_distance(gaussian_stats(feats), scorer.ref_all)
+        why = "; ".join(fid_notes(None, feats) or ["the eigen-decomposition of the covariances failed"])
+        return (dict(confidence=probs.max(1).values.mean().item(),
+                     counts=torch.bincount(probs.argmax(1), minlength=10).tolist(), fid=fid),
+                why if math.isnan(fid) else None)
+    return cached("classifier-sample-quality", scorer.cache_key("sample quality", images), compute)
 
 
 def sample_references(n, data_root=None, seed=42):

@@ -46,11 +46,12 @@ def figures(model, device, data_root=None, num_images=LIVE_IMAGES):
     nearest-neighbour baseline's on the same images}."""
     model = model.to(device).eval()
     test_images = load_mnist(train=False, data_root=data_root)[0]
+    live_images = take_first(test_images, num_images, "test images") if num_images else None  # before any work
     name = SHIPPED_PATHS["split" if is_split(model) else "multiscale"].stem   # realnvp or realnvp_multiscale
     numbers = dict(test_bpd=evaluate_bpd(model, test_images), num_samples=NUM_SAMPLES,
                    recorded=recorded(recorded_paths(name)))
     if num_images:
-        numbers.update(live_inpainting(model, take_first(test_images, num_images, "test images"), data_root))
+        numbers.update(live_inpainting(model, live_images, data_root))
     try:
         numbers["samples"] = sample_quality(draw_samples(model, NUM_SAMPLES), device, data_root)
     except UserError as err:  # no classifier yet

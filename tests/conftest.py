@@ -10,6 +10,13 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# pytest-xdist runs one worker per core: one thread each (torch would start one per core in every worker, and
+# oversubscribed cores run many times slower)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and the scripts the tests start
+
 # Developers and CI keep MNIST in ../shared/data; use it when nothing else is configured.
 _shared = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "MNIST_ROOT" not in os.environ and (_shared / "MNIST" / "raw").is_dir():

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
 import warnings
 
 import numpy as np
@@ -21,8 +20,8 @@ import torch
 import classifier.unconditional
 import mnistgen.training
 import realnvp.train
-from classifier.model import (ClassifierConfig, MnistClassifier, fid_notes, frechet_distance, gaussian_stats, predict,
-                              build as build_classifier)
+from classifier.model import (ClassifierConfig, MnistClassifier, Scorer, build as build_classifier, fid_notes,
+                              frechet_distance, gaussian_stats, reference_statistics)
 from conftest import REPO_ROOT, assert_one_line_error, run_script
 from ebm.ebm import EBMConfig, backbone
 from gan.gan import GANConfig, build as build_gan
@@ -144,12 +143,13 @@ def test_numbers_out_of_range_are_refused_before_any_work(tmp_path, args, contai
 # ---------------------------------------------------------------------------------------------- 2. degenerate sets
 
 @pytest.fixture
-def tiny_scorer(monkeypatch):
-    """classifier.unconditional scoring with a tiny classifier (no shipped checkpoint needed): what sample_quality
-    reads of a Scorer, its model and the test set's feature statistics."""
+def tiny_scorer(monkeypatch, tmp_path):
+    """classifier.unconditional scoring with a tiny classifier (no shipped checkpoint needed) against 40 noise
+    images, its disk cache in a scratch folder."""
+    monkeypatch.setenv("MNISTGEN_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)
     model = MnistClassifier(width=4, feature_dim=8).eval()
-    scorer = types.SimpleNamespace(model=model, ref_all=gaussian_stats(predict(model, torch.rand(40, 1, 28, 28))[1]))
+    scorer = Scorer(model, reference_statistics(model, torch.rand(40, 1, 28, 28), torch.arange(40) % 10))
     monkeypatch.setattr(classifier.unconditional, "get_scorer", lambda *args, **kwargs: scorer)
     return scorer
 

@@ -15,7 +15,7 @@ from pathlib import Path
 if not __package__:  # run as a script: make the repository's packages importable without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnistgen.utils import add_common_args, pick_device, run_cli
+from mnistgen.utils import SEED_RANGE, add_common_args, pick_device, run_cli
 from vae.evaluate import TEMPERATURES, readme_figures
 from vae.vae import DEFAULT_PATH, SEED
 
@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument("--load_path", default=str(DEFAULT_PATH), help="VAE checkpoint (default: models/vae.pt)")
     p.add_argument("--logdir", default="runs/vae", help="training run with log.csv (default: runs/vae)")
     p.add_argument("--figures_dir", default=".", help="where the PNGs go (default: the current folder)")
-    p.add_argument("--seed", type=int, default=SEED, help=f"seed of the samples, as --eval (default: {SEED})")
+    p.add_argument("--seed", type=SEED_RANGE, default=SEED, help=f"seed of the samples, as --eval (default: {SEED})")
     p.add_argument("--temperatures", type=temperature_list, default=TEMPERATURES,
                    help=f"comma-separated sampling temperatures to compare "
                         f"(default: {','.join(map(str, TEMPERATURES))})")
