@@ -3,7 +3,9 @@ computes them, against the numbers its table and the READMEs print and against t
 
 Tolerance: a figure may move by one unit of the last digit the table prints (e.g. 0.01 for a FID printed as 2.44,
 0.01% for an accuracy printed as 99.65%): enough for another CPU or BLAS to round differently, far too little to
-hide a changed model, sampler or protocol.
+hide a changed model, sampler or protocol. The exception is the EBM's samples: 300 Langevin steps amplify the
+last bits of every step, so another thread count or CPU draws other samples (here: FID 2.44 with two threads,
+2.56 with one), and their figures are held to the spread of such draws instead.
 """
 import pytest
 import torch
@@ -80,9 +82,9 @@ def test_ebm(main_job):
     assert near(f["mse"], "0.002377") and near(f["mse_corrupted"], "0.023308")
     assert near(f["mse_interpolation"], "0.006863") and f["mse"] <= 0.0030
     samples = f["samples"]
-    assert near(samples["fid"], "2.44") and near(samples["confidence"], "0.882")
+    assert samples["fid"] == pytest.approx(2.44, abs=0.3) and samples["confidence"] == pytest.approx(0.882, abs=0.02)
     assert samples["fid"] <= 5.0 and rarest_share(samples["counts"]) >= 0.03
-    assert samples["fid"] < 0.5 * f["start"]["fid"] and near(f["start"]["fid"], "16.60")
+    assert samples["fid"] < 0.5 * f["start"]["fid"] and f["start"]["fid"] == pytest.approx(16.60, abs=0.5)
 
 
 def test_realnvp_split(main_job):
