@@ -22,7 +22,7 @@ from ebm.ebm import vertical_interpolation
 
 LABELS = 10
 # Adam on the latents: all ten labels for SEARCH_STEPS, then the winner alone for REFINE_STEPS more
-SEARCH_STEPS = 100
+SEARCH_STEPS = 50
 REFINE_STEPS = 100
 LATENT_LR = 0.05
 CHUNK = 100           # images per optimisation batch (x 10 labels during the search)
