@@ -117,7 +117,8 @@ def latent_inpainting(decode, init, corrupted, mask, guess, sigma, device="cpu",
             z0 = init(g.repeat_interleave(LABELS, 0), y10)
         z, energy = fit_latents(decode, x10, k10, z0, y10, sigma, search_steps)
         best = energy.view(b, LABELS).argmin(1)
-        z, _ = fit_latents(decode, x, k, z[torch.arange(b, device=device) * LABELS + best], eye[best], sigma, refine_steps)
+        winners = torch.arange(b, device=device) * LABELS + best
+        z, _ = fit_latents(decode, x, k, z[winners], eye[best], sigma, refine_steps)
         with torch.no_grad():
             done.append(decode(z, eye[best]).cpu())
         chosen.append(best.cpu())

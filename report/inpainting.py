@@ -234,8 +234,8 @@ class Study:
                             seconds=round(time.time() - start, 1))
                 write_cell(where, cell, recovered)
                 cell["cached"] = False
-                print(f"  {method.name}: {protocol} protocol, {split}: MSE {cell['mse']:.4f} in {cell['seconds']:.0f} s",
-                      flush=True)
+                print(f"  {method.name}: {protocol} protocol, {split}: MSE {cell['mse']:.4f} "
+                      f"in {cell['seconds']:.0f} s", flush=True)
             else:
                 cell["cached"] = True
             cells[protocol, split] = cell
