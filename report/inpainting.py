@@ -310,9 +310,8 @@ def build_parser():
     p.add_argument("--cache_dir", default=str(STUDY_DIR / "cache"),
                    help=f"one JSON per cell (default: {shown(STUDY_DIR / 'cache')})")
     p.add_argument("--all_images", action="store_true",
-                   help="run the flows' gradient ascent on all the images too, not on the first "
-                        f"{ASCENT_IMAGES['realnvp'][('flow', 'test')]} (split flow) or "
-                        f"{ASCENT_IMAGES['realnvp_multiscale'][('flow', 'test')]} (multi-scale flow): hours on a CPU")
+                   help="run the flows' gradient ascent on all the images too, not on the first 100-200 (split "
+                        f"flow) or {SHOWN} (multi-scale flow) of a cell: hours on a CPU")
     p.add_argument("--recompute", action="store_true", help="ignore the cache (and overwrite it)")
     p.add_argument("--figures_dir", default=str(STUDY_DIR),
                    help=f"where inpainting_ebm.png and inpainting_flow.png go (default: {shown(STUDY_DIR)}; the "
