@@ -69,6 +69,12 @@ def assert_one_line_error(proc, contains=None):
         assert contains in err, err
 
 
+def pytest_collection_modifyitems(items):
+    """The shipped models' checks first, longest first: each takes tens of seconds on one core, so they start while
+    the other worker runs the short tests, instead of one of them starting last."""
+    items.sort(key=lambda item: item.path.name != "test_shipped.py")  # a stable sort: the file's own order
+
+
 @pytest.fixture
 def script():
     return run_script

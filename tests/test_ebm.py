@@ -274,6 +274,7 @@ def final_weights(run_dir):
     return load_checkpoint(run_dir / "last.pt", "ebm")["modules"]["model"]
 
 
+@pytest.mark.slow  # two smoke trainings
 def test_smoke_train_then_resume_continues_exactly(tmp_path):
     whole = tmp_path / "whole"
     ebm_main.main(SMOKE + ["--num_epochs", "2", "--logdir", str(whole)])
@@ -315,6 +316,7 @@ def test_play_prints_the_protocol_and_writes_its_figure_at_its_default(tmp_path,
     assert len(res["mse"]) == 20
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_play_from_inside_the_ebm_folder_finds_the_shipped_model(tmp_path):
     """`cd ebm && python main.py --play`: every default path is anchored to the repository."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -438,6 +440,7 @@ def test_more_bad_arguments(tmp_path, capsys, module, args, message):
     assert_fails_in_one_line(module, [a.replace("{tmp}", str(tmp_path)) for a in args], capsys, message)
 
 
+@pytest.mark.slow  # a smoke training
 def test_a_short_run_touches_neither_models_nor_figures(tmp_path):
     tracked = [SHIPPED, *sorted((REPO_ROOT / "figures").glob("ebm_*.png"))]
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tracked}

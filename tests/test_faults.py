@@ -261,6 +261,7 @@ def test_resume_accepts_the_flags_meant_to_change(tmp_path, changes):
     fit(ToyTask(), options(tmp_path, steps=24, resume=True, flags=dict(TOY_FLAGS, resume=True, **changes)))
 
 
+@pytest.mark.slow  # a smoke training
 def test_resume_without_the_limit_of_a_smoke_run_is_refused_on_the_command_line(tmp_path):
     """The case that continued as a full run with its epoch counter reset."""
     run = ["classifier/train.py", "--num_epochs", "1", "--width", "4", "--device", "cpu", "--logdir", str(tmp_path)]

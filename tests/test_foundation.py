@@ -237,6 +237,7 @@ def test_shipped_classifier_on_real_digits_and_noise():
     assert collapsed["accuracy"] > 0.95 and collapsed["class_fid"] > 3 * real["class_fid"]
 
 
+@pytest.mark.slow  # smoke trainings
 def test_classifier_train_smoke_resume_and_shipping_rule(tmp_path):
     """A short run ships into its run folder only (models/classifier.pt untouched), --resume continues it,
     --save_path ships where asked; the shipped config is the ClassifierConfig."""
@@ -350,6 +351,7 @@ def test_every_script_prints_its_flags(script, has, lacks):
 
 
 @pytest.mark.parametrize("model", ["vae", "gan"])
+@pytest.mark.slow  # a fresh interpreter per model
 def test_the_starter_command_runs_from_inside_its_folder(tmp_path, model):
     """`cd vae && python vae.py --eval ...` without the editable install (-S): the script finds the repository's
     packages itself, and the folder's vae.py does not shadow the package vae (the same for the GAN)."""
@@ -388,6 +390,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow  # an interpreter running every script
 def test_entry_scripts_run_without_the_editable_install(tmp_path):
     """`python ebm/main.py ...` from a plain clone: `-S` skips site-packages' .pth files (the editable
     install), PYTHONPATH still provides torch and friends; every script must import and print --help."""

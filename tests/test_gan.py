@@ -160,6 +160,7 @@ def _fingerprints():
     return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in shipped if p.is_file()}
 
 
+@pytest.mark.slow  # smoke trainings and an evaluation
 def test_train_resume_eval(tmp_path, monkeypatch):
     """A 2-epoch run equals 1 epoch + --resume (weights, EMA, log); --save_path/--figures_dir ship; --eval."""
     import gan.evaluate
@@ -319,6 +320,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow  # a fresh interpreter, killed
 def test_a_kill_while_writing_the_samples_leaves_the_previous_file(tmp_path):
     samples = tmp_path / "gan_generated_samples.pt"
     torch.save(dict(imgs=torch.zeros(10, 1, 28, 28), labels=torch.arange(10)), samples)

@@ -241,6 +241,7 @@ def tiny_model(tmp_path):
     return path
 
 
+@pytest.mark.slow  # 1,000 ascent steps
 def test_inpainting_keeps_unmasked_pixels(tmp_path):
     model = load(tiny_model(tmp_path))
     raw, corrupted, mask = masked_inputs(load_mnist(train=True)[0][:2], gen(0))
@@ -310,6 +311,7 @@ SMOKE = ["--limit", "200", "--batch_size", "50", "--hidden", "4,4", "--checker",
          "--num_hidden", "16", "--bn_images", "100", "--device", "cpu"]
 
 
+@pytest.mark.slow  # smoke trainings
 def test_train_smoke_resume_eval_and_ship(tmp_path, capsys):
     from realnvp import train
     run = ["--logdir", str(tmp_path / "run")]
@@ -341,6 +343,7 @@ def test_train_smoke_resume_eval_and_ship(tmp_path, capsys):
                                                                "realnvp_multiscale_curves.png"}
 
 
+@pytest.mark.slow  # 1,000 ascent steps
 def test_inpainting_script_says_where_its_pictures_are(tmp_path, capsys):
     from realnvp import inpainting
     res = inpainting.main(["--load_path", str(tiny_model(tmp_path)), "--num_images", "3", "--split", "test",
@@ -353,6 +356,7 @@ def test_inpainting_script_says_where_its_pictures_are(tmp_path, capsys):
     assert "recovery" in out and f"pictures in {tmp_path / 'inpainting_images'}" in out
 
 
+@pytest.mark.slow  # bits/dim on the 10,000 test images, 1,000 ascent steps
 def test_evaluate_figures_are_numbers(tmp_path, monkeypatch):
     import realnvp.evaluate as evaluate
     monkeypatch.setattr(evaluate, "NUM_SAMPLES", 20)

@@ -151,6 +151,7 @@ def tiny_run(tmp_path_factory):
     return tmp, tmp / "vae.pt", before
 
 
+@pytest.mark.slow  # smoke trainings (tiny_run)
 def test_smoke_run_logs_resumes_exactly_and_ships_only_where_asked(tiny_run):
     tmp, ckpt, before = tiny_run
     run = tmp / "run"
@@ -172,6 +173,7 @@ def test_smoke_run_logs_resumes_exactly_and_ships_only_where_asked(tiny_run):
     assert model.recon_logstd.dtype == torch.float32 and model.temperature == VAEConfig.temperature
 
 
+@pytest.mark.slow  # smoke trainings (tiny_run)
 def test_eval_writes_the_assignment_format(tiny_run, tmp_path, monkeypatch, capsys):
     _, ckpt, _ = tiny_run
     monkeypatch.setattr(vae.evaluate, "try_scorer", lambda device, data_root: None)  # keep the test fast
@@ -310,6 +312,7 @@ def test_failed_samples_write_keeps_the_previous_file(eval_dir, monkeypatch):
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow  # a fresh interpreter, killed
 def test_kill_9_during_the_samples_write_keeps_the_previous_file(eval_dir):
     """`kill -9` once the temporary samples file holds some bytes: vae_generated_samples.pt is still the previous
     file (or, should the write win the race, the complete new one), never a truncated one; the next run's
