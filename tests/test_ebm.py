@@ -359,41 +359,7 @@ def test_scripts_have_their_own_help(module, capsys):
 
 
 # ---------------------------------------------------------------- bad inputs
-def shipped_like(tmp_path, change):
-    """A copy of a valid checkpoint (the architecture of models/ebm.pt, random weights) with one fault."""
-    ckpt = dict(kind="ebm", config=dataclasses.asdict(EBMConfig()), format=1,
-                model=build(EBMConfig()).model.state_dict())
-    change(ckpt)
-    path = tmp_path / "bad.pt"
-    torch.save(ckpt, path)
-    return path
-
-
-def nan_weights(ckpt):
-    ckpt["model"] = {k: v * float("nan") for k, v in ckpt["model"].items()}
-
-
-BAD_CHECKPOINTS = {  # through the real command line
-    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
-    "wrong type": (lambda c: c["config"].update(hidden_size="big"), "hidden_size='big' is not a int"),
-    "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
-    "NaN weights": (nan_weights, "holds NaN"),
-    "wrong shape": (lambda c: c["model"].update({"fc2.weight": torch.zeros(512, 100)}), "tensor fc2.weight"),
-}
-
-
-@pytest.mark.parametrize("fault", BAD_CHECKPOINTS)
-def test_bad_checkpoint_on_play_is_one_line_and_leaves_the_figure(tmp_path, fault):
-    change, message = BAD_CHECKPOINTS[fault]
-    path = shipped_like(tmp_path, change)
-    figure = tmp_path / "fig.png"
-    figure.write_bytes(b"previous")
-    done = run_script(["ebm/main.py", "--play", "--load_dir", str(path), "--num_images", "4",
-                       "--figure", str(figure), "--device", "cpu"])
-    assert_one_line_error(done, message)
-    assert figure.read_bytes() == b"previous"
-
-
+# (a bad --load_dir: the table of bad checkpoints in test_reliability.py)
 @pytest.mark.parametrize("args, message", [
     (["--play", "--num_images", "99999999"], "--num_images 99999999 exceeds the 10000 test images"),
     (["--play", "--figure", "{tmp}/file.txt/out.png"], "cannot write"),
@@ -422,11 +388,6 @@ def assert_fails_in_one_line(module, args, capsys, message):
 
 
 @pytest.mark.parametrize("module, args, message", [
-    (ebm_main, ["--play", "--load_dir", "{tmp}/nowhere.pt"], "no checkpoint at"),
-    (ebm_main, ["--play", "--load_dir", "{tmp}"], "no checkpoint in folder"),
-    (ebm_main, ["--play", "--load_dir", "{tmp}/vae.pt"], "not of the ebm model"),
-    (ebm_main, ["--play", "--load_dir", "{tmp}/bytes.pt"], "not a readable checkpoint"),
-    (ebm_main, ["--play", "--load_dir", "{tmp}/p2.pt"], "replay_p must be a probability"),
     (ebm_sample, ["--figure", "{tmp}/file.txt/s.png"], "cannot write"),
     (ebm_export, ["--out", "{tmp}/file.txt/e.pt"], "cannot write"),
     (ebm_tune, ["--num_images", "99999999"], "exceeds the 2000 held-out training images"),
@@ -434,9 +395,6 @@ def assert_fails_in_one_line(module, args, capsys, message):
 ])
 def test_more_bad_arguments(tmp_path, capsys, module, args, message):
     (tmp_path / "file.txt").write_text("a file, not a folder")
-    save_checkpoint(tmp_path / "vae.pt", "vae", {}, model={})
-    (tmp_path / "bytes.pt").write_bytes(b"PK\x03\x04 not a whole checkpoint")
-    shipped_like(tmp_path, lambda c: c["config"].update(replay_p=2.0)).rename(tmp_path / "p2.pt")
     assert_fails_in_one_line(module, [a.replace("{tmp}", str(tmp_path)) for a in args], capsys, message)
 
 

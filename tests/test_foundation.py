@@ -1,5 +1,4 @@
 """Data loading, checkpoint I/O, the scoring classifier and the CLI error paths."""
-import dataclasses
 import json
 import math
 import re
@@ -281,36 +280,7 @@ def test_evaluate_a_single_image_prints_accuracy_and_why_no_fid(tmp_path):
     assert "note: FID needs at least two images" in proc.stdout
 
 
-def _nan_weights(ckpt):
-    ckpt["model"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-
-
-def _misshapen(ckpt):
-    ckpt["model"]["head.1.weight"] = ckpt["model"]["head.1.weight"][:5]
-
-
-BAD_CLASSIFIERS = {
-    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
-    "config value of the wrong type": (lambda c: c["config"].update(width="big"), "width='big'"),
-    "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
-    "NaN weights": (_nan_weights, "holds NaN or infinite values"),
-    "wrong-shape tensor": (_misshapen, "tensor head.1.weight has shape (5, 8)"),
-    "another model's checkpoint": (lambda c: c.update(kind="vae"), "checkpoint of the vae model"),
-}
-
-
-@pytest.mark.parametrize("case", BAD_CLASSIFIERS)
-def test_classifier_test_mode_rejects_bad_checkpoints_in_one_line(case, tmp_path):
-    # (no "config missing a required key" row: every ClassifierConfig field has a default)
-    edit, message = BAD_CLASSIFIERS[case]
-    model = MnistClassifier(width=4, feature_dim=8)
-    ckpt = dict(kind="classifier", config=dataclasses.asdict(model.config), format=1, model=model.state_dict())
-    edit(ckpt)
-    torch.save(ckpt, tmp_path / "bad.pt")
-    assert_one_line_error(run_script(["classifier/train.py", "--test", "--load_path",
-                                                 str(tmp_path / "bad.pt")]), message)
-
-
+# (a bad classifier/train.py --test --load_path: the table of bad checkpoints in test_reliability.py)
 def test_classifier_training_outputs_are_checked_first(tmp_path):
     (tmp_path / "file.txt").write_text("a file, not a folder")
     base = ["classifier/train.py", "--limit", "256", "--width", "4", "--num_epochs", "1"]

@@ -218,25 +218,7 @@ def test_bad_flag_value_exits_2():
 
 
 # ---------------------------------------------------------------- bad input, nothing overwritten
-def _nan_weights(ckpt):
-    ckpt["g"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in ckpt["g"].items()}
-
-
-def _misshapen(ckpt):
-    ckpt["g"]["fc3.weight"] = ckpt["g"]["fc3.weight"][:100]
-
-
-BAD_CHECKPOINTS = {
-    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
-    "config missing a required key": (lambda c: c["config"].pop("hidden_size"), "config lacks ['hidden_size']"),
-    "config value of the wrong type": (lambda c: c["config"].update(hidden_size="big"), "hidden_size='big'"),
-    "no weights": (lambda c: c.pop("g"), "has no 'g' weights"),
-    "NaN weights": (_nan_weights, "holds NaN or infinite values"),
-    "wrong-shape tensor": (_misshapen, "tensor fc3.weight has shape (100, 1024)"),
-    "another model's checkpoint": (lambda c: c.update(kind="vae"), "checkpoint of the vae model"),
-}
-
-
+# (a bad --load_path: the table of bad checkpoints in test_reliability.py)
 def previous_outputs(folder):
     """An earlier --eval's outputs in `folder`; returns {path: bytes} to compare after."""
     old = {folder / "gan_generated_samples.pt": b"earlier samples",
@@ -246,19 +228,8 @@ def previous_outputs(folder):
     return old
 
 
-@pytest.mark.parametrize("case", BAD_CHECKPOINTS)
-def test_bad_checkpoint_is_one_line_and_keeps_the_previous_samples(case, tmp_path):
-    edit, message = BAD_CHECKPOINTS[case]
-    bad = save_tiny(tmp_path / "bad.pt", edit)
+def test_unwritable_grid_is_one_line_and_keeps_the_previous_samples(tmp_path):
     old = previous_outputs(tmp_path)
-    assert_one_line_error(run_script(["gan/gan.py", "--eval", "--load_path", str(bad)], cwd=tmp_path), message)
-    assert all(path.read_bytes() == data for path, data in old.items())
-
-
-def test_missing_checkpoint_and_unwritable_grid(tmp_path):
-    old = previous_outputs(tmp_path)
-    assert_one_line_error(run_script(["gan/gan.py", "--eval", "--load_path", str(tmp_path / "no.pt")], cwd=tmp_path),
-                          "no checkpoint at")
     (tmp_path / "file.txt").write_text("a file, not a folder")
     proc = run_script(["gan/gan.py", "--eval", "--load_path", str(save_tiny(tmp_path / "g.pt")),
                        "--grid_path", str(tmp_path / "file.txt" / "grid.png")], cwd=tmp_path)

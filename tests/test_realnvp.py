@@ -401,57 +401,7 @@ def test_bad_train_flags_exit_2(flags, capsys):
 
 
 # ---------------------------------------------------------------- bad inputs
-def checkpoint_with(tmp_path, change):
-    """A valid small checkpoint (FAST_SPLIT) with one fault."""
-    ckpt = dict(kind=KIND, config=dataclasses.asdict(FAST_SPLIT), format=1, model=build(FAST_SPLIT).state_dict())
-    change(ckpt)
-    path = tmp_path / "bad.pt"
-    torch.save(ckpt, path)
-    return path
-
-
-def nan_weights(ckpt):
-    ckpt["model"] = {k: v * float("nan") if torch.is_floating_point(v) else v for k, v in ckpt["model"].items()}
-
-
-def multiscale_without_hidden(ckpt):
-    ckpt["config"] = {k: v for k, v in dataclasses.asdict(PRESETS["multiscale"]).items() if k != "hidden"}
-
-
-BAD_CHECKPOINTS = {
-    "unknown config key": (lambda c: c["config"].update(bogus=1), "unknown config entries ['bogus']"),
-    # every field has a default (the shipped flow's), so a missing key fails only where its default does not
-    # fit: a multi-scale flow without its three `hidden` widths
-    "config missing a key": (multiscale_without_hidden, "hidden and checker take 3 values"),
-    "wrong type": (lambda c: c["config"].update(num_hidden="big"), "num_hidden='big' is not a int"),
-    "unknown arch": (lambda c: c["config"].update(arch="bogus"), "unknown architecture 'bogus'"),
-    "no weights": (lambda c: c.pop("model"), "has no 'model' weights"),
-    "NaN weights": (nan_weights, "holds NaN"),
-    "wrong shape": (lambda c: c["model"].update({"0.scale_net.0.weight": torch.zeros(3, 784)}),
-                    "tensor 0.scale_net.0.weight has shape"),
-    "another model": (lambda c: c.update(kind="vae"), "not of the realnvp model"),
-}
-
-
-@pytest.mark.parametrize("fault", BAD_CHECKPOINTS)
-def test_bad_checkpoint_in_inpainting_is_one_line_and_leaves_the_json(tmp_path, fault):
-    change, message = BAD_CHECKPOINTS[fault]
-    previous = tmp_path / "r.json"
-    previous.write_text("previous")
-    done = run_script(["realnvp/inpainting.py", "--load_path", str(checkpoint_with(tmp_path, change)),
-                       "--num_images", "2", "--json", str(previous), "--device", "cpu"], cwd=tmp_path)
-    assert_one_line_error(done, message)
-    assert previous.read_text() == "previous"
-
-
-@pytest.mark.parametrize("fault", ["unknown arch", "NaN weights"])
-def test_bad_checkpoint_in_train_eval_is_one_line(tmp_path, fault):
-    change, message = BAD_CHECKPOINTS[fault]
-    done = run_script(["realnvp/train.py", "--eval", "--load_path", str(checkpoint_with(tmp_path, change)),
-                       "--device", "cpu"])
-    assert_one_line_error(done, message)
-
-
+# (a bad --load_path of inpainting.py and train.py --eval: the table of bad checkpoints in test_reliability.py)
 @pytest.mark.parametrize("script, args, message", [
     ("realnvp/inpainting.py", ["--num_images", "99999999"], "--num_images 99999999 exceeds the 60000 train images"),
     ("realnvp/inpainting.py", ["--savedir", "{tmp}/file.txt/pics"], "cannot write"),
