@@ -12,6 +12,7 @@ missing, misshapen, non-finite or integer-for-float weights) is one line, and th
 before any model is built from it.
 """
 import dataclasses
+import errno
 import math
 import typing
 import warnings
@@ -61,7 +62,9 @@ def _load_failure(err):
     text = str(err)
     if "Weights only load failed" in text or isinstance(err, getattr(torch.serialization, "pickle").UnpicklingError):
         return "not a torch checkpoint, or one holding pickled objects, which are never loaded"
-    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+    # a short file makes torch's zip reader seek before the file's start: EINVAL, a message naming no truncation
+    seek_before_start = isinstance(err, OSError) and err.errno == errno.EINVAL
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError) or seek_before_start:
         return "the file is truncated or not a torch checkpoint"
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return first if len(first) <= 100 else first[:first.rfind(" ", 0, 100)] + " ..."
