@@ -5,8 +5,8 @@ same on every run until the classifier or the data change, so they are computed 
 $MNISTGEN_CACHE (default: $XDG_CACHE_HOME/mnistgen, else ~/.cache/mnistgen), outside the repository.
 
 An entry's file name is a SHA-256 of everything its value depends on (`key`), and the file repeats the key:
-a changed classifier or data set, or a new version of the code that computes the value, misses and
-recomputes. A cache is only ever a shortcut: an unreadable, truncated or foreign entry is recomputed and
+a changed classifier or data set, a new version of the code that computes the value, or another thread count
+misses and recomputes. A cache is only ever a shortcut: an unreadable, truncated or foreign entry is recomputed and
 rewritten, and a folder that cannot be written is skipped; neither is an error.
 """
 import hashlib
@@ -48,8 +48,10 @@ def weights_digest(module):
 
 
 def entry_path(name, key):
-    """The file of entry `name` for `key` (a JSON-able dict of everything the value depends on)."""
-    text = json.dumps(key, sort_keys=True)
+    """The file of entry `name` for `key` (a JSON-able dict of everything the value depends on), to which the
+    thread count is added: torch's reductions may round differently with another, and some values (an
+    eigen-decomposition, 300 Langevin steps) carry those last bits far."""
+    text = json.dumps(dict(key, torch_threads=torch.get_num_threads()), sort_keys=True)
     return cache_dir() / f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.pt", text
 
 
